@@ -1,0 +1,43 @@
+# Fresh-clone entry points: `make demo`, `make test`. Each creates .venv and installs what it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# A CPU build of torch lies on local disk for this pin; an unpinned torch may pull a multi-GB CUDA build.
+TORCH_CPU ?= torch==2.13.0
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: demo test lint bench install-core install-full clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.core: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.full: $(BIN)/python pyproject.toml
+ifneq ($(HAS_GPU),1)
+	$(BIN)/pip install -q $(TORCH_CPU)
+endif
+	$(BIN)/pip install -q -e '.[dev,gpu,routing]'
+	touch $@
+
+install-core: $(VENV)/.core
+install-full: $(VENV)/.full
+
+demo: $(VENV)/.full
+	PATH=$(CURDIR)/$(BIN):$$PATH bash examples/demo.sh
+
+test: $(VENV)/.full
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.full
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(VENV)/.full
+	$(BIN)/python benchmarks/solve_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""vibe-plan: hardware-aware expert placement for expert-parallel MoE inference."""

@@ -1,0 +1,5 @@
+"""`python -m vibe_plan` runs the `vibe` command line."""
+
+from vibe_plan.cli import run
+
+run()

@@ -1,0 +1,51 @@
+"""Atomic writes and hashing: a failed run must never leave a partial output file behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from vibe_plan.errors import VibeError
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, then rename."""
+    payload = data.encode() if isinstance(data, str) else data
+    atomic_write_with(path, lambda f: f.write(payload))
+
+
+def atomic_write_with(path: str | Path, writer: Callable) -> None:
+    """Call `writer(binary_file)` on a temporary file, then move it to `path` in one step."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise VibeError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            writer(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def require_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise VibeError(f"{what} {path} does not exist; check the path")
+    if not path.is_file():
+        raise VibeError(f"{what} {path} is not a file; pass the file itself")
+    return path

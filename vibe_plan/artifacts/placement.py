@@ -1,0 +1,224 @@
+"""Placement (`vibe.placement/v1`, JSON): the physical-to-logical expert map of every MoE layer.
+
+Also reads the engines' own placement files (SGLang `--init-expert-location`, EPLB-style tensors),
+so that `vibe evaluate` can score what a deployment already runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vibe_plan.artifacts.io import atomic_write, require_file
+from vibe_plan.errors import VibeError
+
+PLACEMENT_SCHEMA = "vibe.placement/v1"
+
+
+@dataclass
+class Placement:
+    num_gpus: int
+    slots_per_gpu: int
+    num_logical_experts: int
+    layer_ids: list[int]
+    phy2log: np.ndarray  # int64 [L, P]
+    num_nodes: int = 1
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    method: str = "unknown"
+    predicted: dict[str, list[float]] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_physical_experts(self) -> int:
+        return self.num_gpus * self.slots_per_gpu
+
+    def logcnt(self) -> np.ndarray:
+        """Replica count of each logical expert, int [L, E]."""
+        L = self.phy2log.shape[0]
+        out = np.zeros((L, self.num_logical_experts), dtype=np.int64)
+        for layer in range(L):
+            np.add.at(out[layer], self.phy2log[layer], 1)
+        return out
+
+    def gpu_experts(self) -> np.ndarray:
+        """Logical expert in each slot as [L, G, S]."""
+        return self.phy2log.reshape(len(self.layer_ids), self.num_gpus, self.slots_per_gpu)
+
+
+def check_map(
+    phy2log: np.ndarray, num_gpus: int, num_experts: int, where: str = "physical_to_logical_map"
+) -> list[str]:
+    """Raise on an invalid map; return warnings (replicas of one expert sharing a GPU)."""
+    phy2log = np.asarray(phy2log)
+    if phy2log.ndim != 2:
+        raise VibeError(f"{where}: must be a list of rows, one per MoE layer")
+    L, P = phy2log.shape
+    if num_gpus <= 0 or P % num_gpus != 0:
+        raise VibeError(f"{where}: {P} slots per layer do not divide over {num_gpus} GPUs")
+    if P < num_experts:
+        raise VibeError(f"{where}: {P} slots cannot hold {num_experts} experts")
+    if phy2log.min() < 0 or phy2log.max() >= num_experts:
+        raise VibeError(f"{where}: expert ids must lie in [0, {num_experts})")
+    warnings = []
+    S = P // num_gpus
+    for layer in range(L):
+        present = np.bincount(phy2log[layer], minlength=num_experts)
+        if (present == 0).any():
+            missing = np.flatnonzero(present == 0)[:5].tolist()
+            raise VibeError(f"{where}[{layer}]: experts {missing} have no slot; every expert needs one")
+        per_gpu = phy2log[layer].reshape(num_gpus, S)
+        dup = [g for g in range(num_gpus) if len(set(per_gpu[g].tolist())) < S]
+        if dup:
+            warnings.append(
+                f"layer row {layer}: GPUs {dup[:5]} hold two replicas of one expert "
+                "(allowed, but the second replica adds no capacity)"
+            )
+    return warnings
+
+
+def placement_to_dict(p: Placement) -> dict[str, Any]:
+    return {
+        "schema": PLACEMENT_SCHEMA,
+        "num_gpus": p.num_gpus,
+        "num_nodes": p.num_nodes,
+        "slots_per_gpu": p.slots_per_gpu,
+        "num_logical_experts": p.num_logical_experts,
+        "num_physical_experts": p.num_physical_experts,
+        "layer_ids": [int(x) for x in p.layer_ids],
+        "physical_to_logical_map": p.phy2log.astype(int).tolist(),
+        "gpus": p.gpus,
+        "method": p.method,
+        "predicted": {k: [round(float(x), 3) for x in v] for k, v in p.predicted.items()},
+        "inputs": p.inputs,
+    }
+
+
+def dump_placement(p: Placement) -> str:
+    """Stable JSON text: keys in contract order, one map row per line, no timestamps."""
+    d = placement_to_dict(p)
+    lines = ["{"]
+    items = list(d.items())
+    for i, (k, v) in enumerate(items):
+        comma = "," if i < len(items) - 1 else ""
+        if k == "physical_to_logical_map":
+            rows = ",\n    ".join(json.dumps(r, separators=(",", ":")) for r in v)
+            lines.append(f'  "{k}": [\n    {rows}\n  ]{comma}')
+        else:
+            lines.append(f"  {json.dumps(k)}: {json.dumps(v, sort_keys=False)}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def save_placement(p: Placement, path: str | Path) -> None:
+    check_map(p.phy2log, p.num_gpus, p.num_logical_experts)
+    atomic_write(path, dump_placement(p))
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VibeError(f"{path}: not valid JSON ({e}); is this a {what}?")
+
+
+def _int_map(path: Path, key: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        raise VibeError(f"{path}: {key}: rows have different lengths")
+    if arr.ndim != 2 or arr.dtype.kind not in "iu":
+        raise VibeError(f"{path}: {key}: must be a rectangular list of integer rows")
+    return arr.astype(np.int64)
+
+
+def load_placement(
+    path: str | Path,
+    num_gpus: int | None = None,
+    layer_ids: list[int] | None = None,
+    num_experts: int | None = None,
+) -> tuple[Placement, list[str]]:
+    """Read a vibe placement, an SGLang init-expert-location JSON or an EPLB-style JSON.
+
+    Engine files carry no GPU count or layer ids: `num_gpus` and `layer_ids` (from the GPU and routing
+    profiles) fill them in; SGLang rows are per decoder layer and get picked by `layer_ids`.
+    Returns the placement and warnings.
+    """
+    path = require_file(path, "placement")
+    raw = _read_json(path, "placement file")
+    if not isinstance(raw, dict):
+        raise VibeError(f"{path}: top level must be a JSON object")
+    if raw.get("schema") == PLACEMENT_SCHEMA:
+        return _from_vibe(path, raw, num_gpus, layer_ids, num_experts)
+    if "schema" in raw:
+        raise VibeError(f"{path}: schema: expected {PLACEMENT_SCHEMA!r}, found {raw['schema']!r}")
+    if set(raw) == {"physical_to_logical_map"}:
+        method = "sglang-file"
+        m = _int_map(path, "physical_to_logical_map", raw["physical_to_logical_map"])
+        if layer_ids is None:
+            raise VibeError(f"{path}: an SGLang file needs the routing profile's layer ids")
+        if m.shape[0] <= max(layer_ids):
+            raise VibeError(f"{path}: physical_to_logical_map has {m.shape[0]} rows but the "
+                            f"routing profile has decoder layer {max(layer_ids)}")
+        m = m[list(layer_ids)]
+    elif "phy2log" in raw:
+        method = "eplb-file"
+        m = _int_map(path, "phy2log", raw["phy2log"])
+    else:
+        raise VibeError(f"{path}: unknown placement format: expected schema {PLACEMENT_SCHEMA!r}, "
+                        "an SGLang file with only physical_to_logical_map, or one with phy2log")
+    if num_gpus is None:
+        raise VibeError(f"{path}: engine files need the GPU count from a GPU profile")
+    ne = num_experts if num_experts is not None else int(m.max()) + 1
+    if layer_ids is not None and m.shape[0] != len(layer_ids):
+        raise VibeError(f"{path}: map has {m.shape[0]} rows but the routing profile has "
+                        f"{len(layer_ids)} MoE layers")
+    warns = check_map(m, num_gpus, ne, f"{path}: map")
+    lids = list(layer_ids) if layer_ids is not None else list(range(m.shape[0]))
+    return Placement(num_gpus, m.shape[1] // num_gpus, ne, lids, m, method=method), warns
+
+
+def _from_vibe(
+    path: Path,
+    raw: dict[str, Any],
+    num_gpus: int | None,
+    layer_ids: list[int] | None,
+    num_experts: int | None,
+) -> tuple[Placement, list[str]]:
+    need = ["num_gpus", "slots_per_gpu", "num_logical_experts", "layer_ids",
+            "physical_to_logical_map"]
+    for key in need:
+        if key not in raw:
+            raise VibeError(f"{path}: {key}: missing")
+    m = _int_map(path, "physical_to_logical_map", raw["physical_to_logical_map"])
+    G, S, E = int(raw["num_gpus"]), int(raw["slots_per_gpu"]), int(raw["num_logical_experts"])
+    lids = [int(x) for x in raw["layer_ids"]]
+    if m.shape != (len(lids), G * S):
+        raise VibeError(f"{path}: physical_to_logical_map has shape {list(m.shape)}, expected "
+                        f"[{len(lids)} layers, {G}x{S} slots]")
+    if num_gpus is not None and G != num_gpus:
+        raise VibeError(f"{path}: num_gpus: placement is for {G} GPUs but the GPU profile has "
+                        f"{num_gpus}")
+    if num_experts is not None and E != num_experts:
+        raise VibeError(f"{path}: num_logical_experts: placement has {E} experts but the routing "
+                        f"profile has {num_experts}")
+    if layer_ids is not None and lids != list(layer_ids):
+        raise VibeError(f"{path}: layer_ids: placement covers layers {lids[:6]}... but the routing "
+                        f"profile has {list(layer_ids)[:6]}...")
+    warns = check_map(m, G, E, f"{path}: physical_to_logical_map")
+    p = Placement(
+        num_gpus=G,
+        slots_per_gpu=S,
+        num_logical_experts=E,
+        layer_ids=lids,
+        phy2log=m,
+        num_nodes=int(raw.get("num_nodes", 1)),
+        gpus=list(raw.get("gpus", [])),
+        method=str(raw.get("method", "unknown")),
+        predicted=dict(raw.get("predicted", {})),
+        inputs=dict(raw.get("inputs", {})),
+    )
+    return p, warns

@@ -1,0 +1,1 @@
+"""profile-gpus: measure each GPU's grouped-GEMM time curve for the model's expert FFN."""
