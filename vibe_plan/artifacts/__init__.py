@@ -1,4 +1,4 @@
-"""The only code that knows vibe-plan's file formats: load, validate and save the three artefacts."""
+"""The only code that knows vibe-plan's file formats: load, validate, save the three artefacts."""
 
 from vibe_plan.artifacts.gpu_profile import (
     GPU_SCHEMA,

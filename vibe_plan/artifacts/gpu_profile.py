@@ -1,4 +1,4 @@
-"""GPU profile (`vibe.gpu-profile/v1`, YAML): each EP rank's time curve for one routed expert FFN."""
+"""GPU profile (`vibe.gpu-profile/v1`, YAML): each EP rank's time curve for one routed expert."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class ExpertShape:
 
 @dataclass
 class GpuCurve:
-    """Median time of ONE expert's FFN (per-expert share of a grouped GEMM) vs tokens routed to it."""
+    """Median time of ONE expert's FFN (its share of a grouped GEMM) vs tokens routed to it."""
 
     tokens: list[int]
     time_us: list[float]
@@ -123,7 +123,9 @@ def gpu_profile_from_dict(raw: Any, path: Path | str = "<gpu profile>") -> GpuPr
             gated=bool(exp.get("gated", True)),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise _fail(path, "expert", f"bad or missing field ({e}); needs integer hidden, intermediate")
+        raise _fail(
+            path, "expert", f"bad or missing field ({e}); needs integer hidden, intermediate"
+        )
     if expert.hidden <= 0 or expert.intermediate <= 0:
         raise _fail(path, "expert", "hidden and intermediate must be positive")
     method = raw.get("method") or {}

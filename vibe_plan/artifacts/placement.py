@@ -59,7 +59,7 @@ def check_map(
     L, P = phy2log.shape
     if num_gpus <= 0 or P % num_gpus != 0:
         raise VibeError(f"{where}: {P} slots per layer do not divide over {num_gpus} GPUs")
-    if P < num_experts:
+    if num_experts > P:
         raise VibeError(f"{where}: {P} slots cannot hold {num_experts} experts")
     if phy2log.min() < 0 or phy2log.max() >= num_experts:
         raise VibeError(f"{where}: expert ids must lie in [0, {num_experts})")
@@ -69,7 +69,9 @@ def check_map(
         present = np.bincount(phy2log[layer], minlength=num_experts)
         if (present == 0).any():
             missing = np.flatnonzero(present == 0)[:5].tolist()
-            raise VibeError(f"{where}[{layer}]: experts {missing} have no slot; every expert needs one")
+            raise VibeError(
+                f"{where}[{layer}]: experts {missing} have no slot; every expert needs one"
+            )
         per_gpu = phy2log[layer].reshape(num_gpus, S)
         dup = [g for g in range(num_gpus) if len(set(per_gpu[g].tolist())) < S]
         if dup:
@@ -143,8 +145,8 @@ def load_placement(
 ) -> tuple[Placement, list[str]]:
     """Read a vibe placement, an SGLang init-expert-location JSON or an EPLB-style JSON.
 
-    Engine files carry no GPU count or layer ids: `num_gpus` and `layer_ids` (from the GPU and routing
-    profiles) fill them in; SGLang rows are per decoder layer and get picked by `layer_ids`.
+    Engine files carry no GPU count or layer ids: `num_gpus` and `layer_ids` (from the GPU and
+    routing profiles) fill them in; SGLang rows are per decoder layer and get picked by `layer_ids`.
     Returns the placement and warnings.
     """
     path = require_file(path, "placement")
@@ -161,21 +163,27 @@ def load_placement(
         if layer_ids is None:
             raise VibeError(f"{path}: an SGLang file needs the routing profile's layer ids")
         if m.shape[0] <= max(layer_ids):
-            raise VibeError(f"{path}: physical_to_logical_map has {m.shape[0]} rows but the "
-                            f"routing profile has decoder layer {max(layer_ids)}")
+            raise VibeError(
+                f"{path}: physical_to_logical_map has {m.shape[0]} rows but the "
+                f"routing profile has decoder layer {max(layer_ids)}"
+            )
         m = m[list(layer_ids)]
     elif "phy2log" in raw:
         method = "eplb-file"
         m = _int_map(path, "phy2log", raw["phy2log"])
     else:
-        raise VibeError(f"{path}: unknown placement format: expected schema {PLACEMENT_SCHEMA!r}, "
-                        "an SGLang file with only physical_to_logical_map, or one with phy2log")
+        raise VibeError(
+            f"{path}: unknown placement format: expected schema {PLACEMENT_SCHEMA!r}, "
+            "an SGLang file with only physical_to_logical_map, or one with phy2log"
+        )
     if num_gpus is None:
         raise VibeError(f"{path}: engine files need the GPU count from a GPU profile")
     ne = num_experts if num_experts is not None else int(m.max()) + 1
     if layer_ids is not None and m.shape[0] != len(layer_ids):
-        raise VibeError(f"{path}: map has {m.shape[0]} rows but the routing profile has "
-                        f"{len(layer_ids)} MoE layers")
+        raise VibeError(
+            f"{path}: map has {m.shape[0]} rows but the routing profile has "
+            f"{len(layer_ids)} MoE layers"
+        )
     warns = check_map(m, num_gpus, ne, f"{path}: map")
     lids = list(layer_ids) if layer_ids is not None else list(range(m.shape[0]))
     return Placement(num_gpus, m.shape[1] // num_gpus, ne, lids, m, method=method), warns
@@ -188,8 +196,13 @@ def _from_vibe(
     layer_ids: list[int] | None,
     num_experts: int | None,
 ) -> tuple[Placement, list[str]]:
-    need = ["num_gpus", "slots_per_gpu", "num_logical_experts", "layer_ids",
-            "physical_to_logical_map"]
+    need = [
+        "num_gpus",
+        "slots_per_gpu",
+        "num_logical_experts",
+        "layer_ids",
+        "physical_to_logical_map",
+    ]
     for key in need:
         if key not in raw:
             raise VibeError(f"{path}: {key}: missing")
@@ -197,17 +210,24 @@ def _from_vibe(
     G, S, E = int(raw["num_gpus"]), int(raw["slots_per_gpu"]), int(raw["num_logical_experts"])
     lids = [int(x) for x in raw["layer_ids"]]
     if m.shape != (len(lids), G * S):
-        raise VibeError(f"{path}: physical_to_logical_map has shape {list(m.shape)}, expected "
-                        f"[{len(lids)} layers, {G}x{S} slots]")
-    if num_gpus is not None and G != num_gpus:
-        raise VibeError(f"{path}: num_gpus: placement is for {G} GPUs but the GPU profile has "
-                        f"{num_gpus}")
-    if num_experts is not None and E != num_experts:
-        raise VibeError(f"{path}: num_logical_experts: placement has {E} experts but the routing "
-                        f"profile has {num_experts}")
+        raise VibeError(
+            f"{path}: physical_to_logical_map has shape {list(m.shape)}, expected "
+            f"[{len(lids)} layers, {G}x{S} slots]"
+        )
+    if num_gpus is not None and num_gpus != G:
+        raise VibeError(
+            f"{path}: num_gpus: placement is for {G} GPUs but the GPU profile has {num_gpus}"
+        )
+    if num_experts is not None and num_experts != E:
+        raise VibeError(
+            f"{path}: num_logical_experts: placement has {E} experts but the routing "
+            f"profile has {num_experts}"
+        )
     if layer_ids is not None and lids != list(layer_ids):
-        raise VibeError(f"{path}: layer_ids: placement covers layers {lids[:6]}... but the routing "
-                        f"profile has {list(layer_ids)[:6]}...")
+        raise VibeError(
+            f"{path}: layer_ids: placement covers layers {lids[:6]}... but the routing "
+            f"profile has {list(layer_ids)[:6]}..."
+        )
     warns = check_map(m, G, E, f"{path}: physical_to_logical_map")
     p = Placement(
         num_gpus=G,

@@ -67,15 +67,20 @@ def validate_routing(
 ) -> RoutingProfile:
     counts = np.asarray(counts)
     if counts.ndim != 3:
-        raise _fail(path, "counts", f"must have rank 3 [batches, layers, experts], has shape "
-                    f"{list(counts.shape)}")
+        raise _fail(
+            path,
+            "counts",
+            f"must have rank 3 [batches, layers, experts], has shape {list(counts.shape)}",
+        )
     if counts.size == 0 or 0 in counts.shape:
         raise _fail(path, "counts", f"is empty (shape {list(counts.shape)}); record some batches")
     if counts.dtype.kind == "f":
         if not np.all(np.isfinite(counts)):
             raise _fail(path, "counts", "contains NaN or inf; token counts must be integers")
         if not np.all(counts == np.round(counts)):
-            raise _fail(path, "counts", "contains non-integer values; token counts must be integers")
+            raise _fail(
+                path, "counts", "contains non-integer values; token counts must be integers"
+            )
     elif counts.dtype.kind not in "iu":
         raise _fail(path, "counts", f"dtype {counts.dtype} is not an integer type")
     counts = counts.astype(np.int64)
@@ -85,24 +90,29 @@ def validate_routing(
     if layer_ids.ndim != 1 or layer_ids.dtype.kind not in "iu":
         raise _fail(path, "layer_ids", "must be a 1-d integer array")
     if len(layer_ids) != counts.shape[1]:
-        raise _fail(path, "layer_ids", f"has {len(layer_ids)} entries but counts has "
-                    f"{counts.shape[1]} layers; they must match")
+        raise _fail(
+            path,
+            "layer_ids",
+            f"has {len(layer_ids)} entries but counts has "
+            f"{counts.shape[1]} layers; they must match",
+        )
     layer_ids = layer_ids.astype(np.int64)
     if (layer_ids < 0).any() or np.any(np.diff(layer_ids) <= 0):
         raise _fail(path, "layer_ids", "must be non-negative and strictly increasing")
     if not isinstance(meta, dict):
         raise _fail(path, "meta", "must be a JSON object")
     if meta.get("schema") != ROUTING_SCHEMA:
-        raise _fail(path, "meta.schema", f"expected {ROUTING_SCHEMA!r}, found "
-                    f"{meta.get('schema')!r}")
+        raise _fail(
+            path, "meta.schema", f"expected {ROUTING_SCHEMA!r}, found {meta.get('schema')!r}"
+        )
     ne = meta.get("num_experts")
     if ne is not None and int(ne) != counts.shape[2]:
-        raise _fail(path, "meta.num_experts", f"says {ne} but counts has {counts.shape[2]} "
-                    "experts")
+        raise _fail(path, "meta.num_experts", f"says {ne} but counts has {counts.shape[2]} experts")
     nh = meta.get("num_hidden_layers")
     if nh is not None and int(nh) <= int(layer_ids.max()):
-        raise _fail(path, "meta.num_hidden_layers", f"{nh} but layer_ids reach "
-                    f"{int(layer_ids.max())}")
+        raise _fail(
+            path, "meta.num_hidden_layers", f"{nh} but layer_ids reach {int(layer_ids.max())}"
+        )
     ng = meta.get("num_groups")
     if ng and counts.shape[2] % int(ng) != 0:
         raise _fail(path, "meta.num_groups", f"{ng} does not divide {counts.shape[2]} experts")

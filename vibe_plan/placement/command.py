@@ -1,15 +1,142 @@
-"""CLI entries for `vibe solve` and `vibe evaluate`."""
+"""CLI entries for `vibe solve` and `vibe evaluate`: parse options, call the library, render."""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+import typer
+
 from vibe_plan.errors import VibeError
 
-
-def solve() -> None:
-    """Placement (in progress)."""
-    raise VibeError("solve is not implemented yet")
+GPUS_OPT = typer.Option(..., "--gpus", help="GPU profile (vibe.gpu-profile/v1 YAML).")
+ROUTING_OPT = typer.Option(..., "--routing", help="Routing profile (vibe.routing-profile/v1 .npz).")
 
 
-def evaluate() -> None:
-    """Evaluate (in progress)."""
-    raise VibeError("evaluate is not implemented yet")
+def solve(
+    gpus: Path = GPUS_OPT,
+    routing: Path = ROUTING_OPT,
+    out: Path = typer.Option(..., "--out", help="Placement JSON to write (vibe.placement/v1)."),
+    redundant: int = typer.Option(
+        0,
+        "--redundant",
+        "-r",
+        help="Redundant expert slots R; (experts + R) must divide by the GPU count.",
+    ),
+    nodes: int | None = typer.Option(
+        None,
+        "--nodes",
+        help="Nodes; default: distinct hosts in "
+        "the GPU profile. GPUs split evenly in profile order.",
+    ),
+    groups: int | None = typer.Option(
+        None,
+        "--groups",
+        help="Expert groups (group-limited routing); default: the routing profile's, else 1.",
+    ),
+    method: str = typer.Option(
+        "vibe", "--method", "-m", help="vibe | eplb | linear | round_robin."
+    ),
+    group_locality: bool = typer.Option(
+        True,
+        "--group-locality/--no-group-locality",
+        help="vibe: keep each expert group inside one node when "
+        "groups divide over nodes (as eplb does).",
+    ),
+    time_limit: float = typer.Option(
+        0.1,
+        "--time-limit",
+        help="CP-SAT budget per layer (and "
+        "node) in deterministic seconds, used only where the bounds "
+        "do not yet certify the plan; 0 turns CP-SAT off.",
+    ),
+    workers: int = typer.Option(2, "--workers", help="CP-SAT workers (at least 2)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for CP-SAT and the local search."),
+    jobs: int | None = typer.Option(
+        None, "--jobs", help="Layers solved in parallel processes; default: cores / workers."
+    ),
+    export: list[str] = typer.Option(
+        [], "--export", help="FORMAT=PATH, repeatable; formats sglang, trtllm, eplb."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Plan expert placement: heavy experts on fast GPUs, with a certified gap to optimal.
+
+    Writes the placement JSON (byte-identical for the same inputs and options) and any engine
+    exports, and prints the plan next to eplb and linear under the same cost model.
+    """
+    from vibe_plan.artifacts import load_gpu_profile, load_routing_profile, save_placement
+    from vibe_plan.artifacts.io import sha256_file
+    from vibe_plan.console import console, progress
+    from vibe_plan.export import export_placement, parse_export_specs
+    from vibe_plan.placement.report import solve_table
+    from vibe_plan.placement.solve import SolveOptions, solve_placement
+
+    if workers < 1 or (jobs is not None and jobs < 1) or time_limit < 0:
+        raise VibeError("--workers and --jobs must be at least 1, --time-limit at least 0")
+    specs = parse_export_specs(export)
+    if not out.parent.is_dir():
+        raise VibeError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    gp = load_gpu_profile(gpus)
+    rp = load_routing_profile(routing)
+    opts = SolveOptions(
+        method, redundant, nodes, groups, group_locality, time_limit, workers, seed, jobs
+    )
+    start = time.perf_counter()
+    with progress(quiet) as bar:
+        result = solve_placement(gp, rp, opts, bar)
+    wall = time.perf_counter() - start
+    result.placement.inputs = {
+        "gpus_sha256": sha256_file(gpus),
+        "routing_sha256": sha256_file(routing),
+    }
+    others = {}
+    for name in ("eplb", "linear"):
+        if name != method:
+            others[name] = solve_placement(gp, rp, SolveOptions(name, redundant, nodes, groups))
+    save_placement(result.placement, out)
+    export_placement(result.placement, specs, rp.num_hidden_layers)
+    console.print(solve_table(result, others, wall))
+    console.print(f"wrote {out}" + "".join(f", {p}" for _, p in specs))
+
+
+def evaluate(
+    placements: list[Path] = typer.Argument(
+        ...,
+        help="Placement files: vibe JSON, SGLang init-expert-location JSON, or EPLB-style JSON.",
+    ),
+    gpus: Path = GPUS_OPT,
+    routing: Path = ROUTING_OPT,
+    csv: Path | None = typer.Option(None, "--csv", help="Also write the table as CSV."),
+) -> None:
+    """Score placements on each batch of a routing profile (use batches the plan did not see).
+
+    Per-forward MoE time (sum over layers of the slowest GPU): mean, p50, p95; imbalance; distance
+    to the lower bound; which GPUs are the stragglers how often.
+    """
+    from vibe_plan.artifacts import load_gpu_profile, load_placement, load_routing_profile
+    from vibe_plan.artifacts.io import atomic_write
+    from vibe_plan.console import console, warn
+    from vibe_plan.placement.evaluate import score, scores_frame
+    from vibe_plan.placement.report import evaluate_table
+
+    if csv is not None and not csv.parent.is_dir():
+        raise VibeError(f"--csv {csv}: folder {csv.parent} does not exist; create it first")
+    gp = load_gpu_profile(gpus)
+    rp = load_routing_profile(routing)
+    scores = []
+    for path in placements:
+        p, warnings = load_placement(
+            path, gp.num_gpus, [int(x) for x in rp.layer_ids], rp.num_experts
+        )
+        if warnings:
+            warn(
+                f"{path}: {warnings[0]}"
+                + (f" (and {len(warnings) - 1} more layers)" if len(warnings) > 1 else "")
+            )
+        scores.append(score(str(path), gp, rp, p))
+    frame = scores_frame(scores)
+    console.print(evaluate_table(frame))
+    if csv is not None:
+        atomic_write(csv, frame.to_csv(index=False))
+        console.print(f"wrote {csv}")

@@ -1,1 +1,1 @@
-"""profile-routing and import-routing: record expert loads from a model's routers or an engine dump."""
+"""profile-routing and import-routing: expert loads from a model's routers or an engine dump."""

@@ -2,14 +2,130 @@
 
 from __future__ import annotations
 
-from vibe_plan.errors import VibeError
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:  # numpy-backed; kept out of `vibe --help`'s imports
+    from vibe_plan.artifacts.routing_profile import RoutingProfile
+
+TRACE_FORMATS = "auto|jsonl|sharegpt|azure|burstgpt|mooncake"
 
 
-def profile_routing() -> None:
-    """Replay a prompt trace through a model's routers (not implemented yet)."""
-    raise VibeError("profile-routing is not implemented yet")
+def profile_routing(
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="Local Hugging Face checkpoint folder (config, "
+            "safetensors, tokenizer); nothing is downloaded."
+        ),
+    ],
+    trace: Annotated[Path, typer.Option(help="Request trace to replay.")],
+    out: Annotated[Path, typer.Option(help="Routing profile to write (.npz).")],
+    trace_format: Annotated[str, typer.Option(help=f"Trace format: {TRACE_FORMATS}.")] = "auto",
+    batch_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Prompt tokens per prefill batch (one row "
+            "of counts per batch), as a server would batch."
+        ),
+    ] = 4096,
+    max_requests: Annotated[
+        int, typer.Option(help="Replay only the first N requests (0: all).")
+    ] = 0,
+    phase: Annotated[
+        str,
+        typer.Option(
+            help="prefill | decode | both. Decode rows are one per "
+            "generation step; with both, meta.row_phase tags rows."
+        ),
+    ] = "prefill",
+    decode_steps: Annotated[
+        int,
+        typer.Option(
+            help="Tokens generated per request in decode (capped by the trace's output length)."
+        ),
+    ] = 16,
+    device: Annotated[
+        str, typer.Option(help="auto | cpu | cuda (cuda spreads the model over the visible GPUs).")
+    ] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (the checkpoint's) | float32 | bfloat16 | float16.")
+    ] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for decode sampling and filler text.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
+) -> None:
+    """Replay a request trace through a MoE model's own routers and record tokens per expert.
+
+    Hooks read each router's chosen experts (padding excluded) in every MoE layer; the profile
+    keeps one row per prefill batch (and per decode step) for `vibe solve`.
+    """
+    from vibe_plan.artifacts.routing_profile import save_routing_profile
+    from vibe_plan.routing.profile import ProfileOptions, profile_routing_run
+
+    run = profile_routing_run(
+        ProfileOptions(
+            model=model,
+            trace=trace,
+            trace_format=trace_format,
+            batch_tokens=batch_tokens,
+            max_requests=max_requests,
+            phase=phase,
+            decode_steps=decode_steps,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            quiet=quiet,
+        )
+    )
+    save_routing_profile(run.profile, out)
+    _report(run.profile, out, quiet, run.tokens, run.seconds)
 
 
-def import_routing() -> None:
-    """Turn an engine's recorded expert loads into a routing profile (not implemented yet)."""
-    raise VibeError("import-routing is not implemented yet")
+def import_routing(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Engine dump: SGLang .pt file or folder, "
+            "TensorRT-LLM statistics folder, vLLM .npy/.jsonl."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Routing profile to write (.npz).")],
+    format: Annotated[
+        str, typer.Option("--format", help="auto | sglang | trtllm | vllm.")
+    ] = "auto",
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint folder: supplies decoder-layer ids, expert groups and shared experts."
+        ),
+    ] = None,
+    batch_tokens: Annotated[
+        int, typer.Option(help="vLLM only: tokens of consecutive requests per row.")
+    ] = 4096,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No summary.")] = False,
+) -> None:
+    """Turn the expert loads a serving engine recorded into a routing profile.
+
+    SGLang: the expert-distribution recorder's stat or per_pass dumps; TensorRT-LLM:
+    EXPERT_STATISTIC_PATH (meta_info.json + rank*.safetensors); vLLM: routed_experts arrays.
+    """
+    from vibe_plan.artifacts.routing_profile import save_routing_profile
+    from vibe_plan.routing.importers import import_routing_run
+
+    profile = import_routing_run(source, format, model, batch_tokens)
+    save_routing_profile(profile, out)
+    _report(profile, out, quiet)
+
+
+def _report(p: RoutingProfile, out: Path, quiet: bool, tokens: int = 0, secs: float = 0.0) -> None:
+    from vibe_plan.console import console
+    from vibe_plan.routing.summary import summary_table
+
+    if quiet:
+        return
+    shape = "x".join(str(n) for n in p.counts.shape)
+    console.print(summary_table(p, f"expert load per MoE layer ({p.meta['phase']})"))
+    rate = f"; {tokens:,} tokens in {secs:.1f} s ({tokens / secs:,.0f} tokens/s)" if secs else ""
+    console.print(f"wrote {out}: counts {shape} (batches x MoE layers x experts){rate}")

@@ -1,0 +1,109 @@
+"""Score placements on the per-batch rows of a routing profile with the shared cost model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vibe_plan.artifacts.gpu_profile import GpuProfile
+from vibe_plan.artifacts.placement import Placement
+from vibe_plan.artifacts.routing_profile import RoutingProfile
+from vibe_plan.errors import VibeError
+from vibe_plan.placement.bounds import lower_bound
+from vibe_plan.placement.cost import batch_gpu_times, curves_of, expert_time
+
+
+@dataclass
+class Score:
+    name: str
+    method: str
+    batches: int
+    mean_us: float  # per-forward MoE time: sum over layers of the slowest GPU, mean over batches
+    p50_us: float
+    p95_us: float
+    imbalance: float  # max/mean GPU time, mean over (batch, layer)
+    above_bound: float  # mean over batches of forward time / its lower bound - 1
+    straggler_share: np.ndarray  # [G] how often each GPU is the slowest, over (batch, layer)
+
+    def top_stragglers(self, k: int = 3) -> str:
+        order = np.argsort(-self.straggler_share, kind="stable")[:k]
+        return ", ".join(
+            f"{g} ({self.straggler_share[g]:.0%})" for g in order if self.straggler_share[g] > 0
+        )
+
+
+def check_compatible(p: Placement, gpus: GpuProfile, routing: RoutingProfile, name: str) -> None:
+    if p.num_gpus != gpus.num_gpus:
+        raise VibeError(
+            f"{name}: placement is for {p.num_gpus} GPUs, the GPU profile has {gpus.num_gpus}"
+        )
+    if p.num_logical_experts != routing.num_experts:
+        raise VibeError(
+            f"{name}: placement has {p.num_logical_experts} experts, the routing "
+            f"profile has {routing.num_experts}"
+        )
+    if list(p.layer_ids) != [int(x) for x in routing.layer_ids]:
+        raise VibeError(f"{name}: placement's MoE layers differ from the routing profile's")
+
+
+def batch_bounds(gpus: GpuProfile, p: Placement, counts: np.ndarray) -> np.ndarray:
+    """Lower bound of each batch's forward time for this placement's replicas: [B]."""
+    curves = curves_of(gpus)
+    cnt = p.logcnt()
+    B, L, _ = counts.shape
+    out = np.zeros(B)
+    for layer in range(L):
+        row = p.phy2log[layer]
+        per_rep = counts[:, layer, :] / np.maximum(cnt[layer], 1)
+        cost = expert_time(curves, per_rep[:, row])  # [B, P, G]
+        out += [lower_bound(cost[b], p.slots_per_gpu) for b in range(B)]
+    return out
+
+
+def score(name: str, gpus: GpuProfile, routing: RoutingProfile, p: Placement) -> Score:
+    check_compatible(p, gpus, routing, name)
+    times = batch_gpu_times(curves_of(gpus), p.phy2log, routing.counts)  # [B, L, G]
+    span = times.max(axis=2)
+    forward = span.sum(axis=1)
+    mean_gpu = times.mean(axis=2)
+    imb = np.where(mean_gpu > 0, span / np.where(mean_gpu > 0, mean_gpu, 1), 1.0)
+    slowest = times.argmax(axis=2).ravel()
+    share = np.bincount(slowest, minlength=p.num_gpus) / slowest.size
+    bounds = batch_bounds(gpus, p, routing.counts)
+    above = float(np.mean(forward / np.maximum(bounds, 1e-12) - 1))
+    return Score(
+        name=name,
+        method=p.method,
+        batches=routing.num_batches,
+        mean_us=float(forward.mean()),
+        p50_us=float(np.percentile(forward, 50)),
+        p95_us=float(np.percentile(forward, 95)),
+        imbalance=float(imb.mean()),
+        above_bound=above,
+        straggler_share=share,
+    )
+
+
+def scores_frame(scores: list[Score]):
+    """pandas DataFrame of the scores, one row per placement."""
+    import pandas as pd
+
+    base = scores[0].mean_us
+    return pd.DataFrame(
+        [
+            {
+                "placement": s.name,
+                "method": s.method,
+                "batches": s.batches,
+                "mean_us": round(s.mean_us, 3),
+                "p50_us": round(s.p50_us, 3),
+                "p95_us": round(s.p95_us, 3),
+                "vs_first": round(s.mean_us / base, 5),
+                "imbalance": round(s.imbalance, 5),
+                "above_bound": round(s.above_bound, 5),
+                "top_stragglers": s.top_stragglers(),
+            }
+            for s in scores
+        ]
+    )

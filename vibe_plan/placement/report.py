@@ -1,0 +1,88 @@
+"""Rich tables for `vibe solve` and `vibe evaluate`."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from rich.table import Table
+
+from vibe_plan.placement.solve import SolveResult
+
+
+def _summary(res: SolveResult) -> tuple[float, float, float, float]:
+    pr = res.placement.predicted
+    span = np.array(pr["makespan_us"])
+    bound = np.array(pr["lower_bound_us"])
+    gap = span / np.maximum(bound, 1e-12) - 1
+    return (
+        float(span.sum()),
+        float(gap.max()),
+        float(np.mean(pr["imbalance"])),
+        float(span.sum() / max(bound.sum(), 1e-12) - 1),
+    )
+
+
+def solve_table(res: SolveResult, others: dict[str, SolveResult], wall_s: float) -> Table:
+    s = res.shape
+    title = (
+        f"{res.placement.method}: {s.num_experts} experts on {s.num_gpus} GPUs x "
+        f"{s.slots_per_gpu} slots, {s.num_nodes} node(s), {s.num_groups} group(s), "
+        f"{len(res.placement.layer_ids)} MoE layers, solved in {wall_s:.2f} s"
+    )
+    t = Table(title=title, title_justify="left")
+    for col in (
+        "method",
+        "MoE time / forward (us)",
+        "vs this plan",
+        "gap to bound (all)",
+        "worst layer gap",
+        "mean imbalance",
+    ):
+        t.add_column(col, justify="right" if col != "method" else "left")
+    base, *_ = _summary(res)
+    for name, r in [(res.placement.method, res), *others.items()]:
+        total, worst, imb, gap = _summary(r)
+        t.add_row(
+            name, f"{total:,.1f}", f"{total / base:.4f}", f"{gap:.3%}", f"{worst:.3%}", f"{imb:.4f}"
+        )
+    if res.status:
+        counts = Counter(part for st in res.status for part in st.split("/"))
+        t.caption = "certified by: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+    return t
+
+
+def evaluate_table(frame) -> Table:
+    t = Table(
+        title="per-batch MoE time per forward (sum over layers of the slowest GPU)",
+        title_justify="left",
+    )
+    cols = [
+        ("placement", "placement"),
+        ("method", "method"),
+        ("batches", "batches"),
+        ("mean_us", "mean (us)"),
+        ("p50_us", "p50 (us)"),
+        ("p95_us", "p95 (us)"),
+        ("vs_first", "vs first"),
+        ("imbalance", "imbalance"),
+        ("above_bound", "above bound"),
+        ("top_stragglers", "top stragglers (GPU, share)"),
+    ]
+    for _, head in cols:
+        t.add_column(head, justify="left" if head in ("placement", "method") else "right")
+    for row in frame.itertuples(index=False):
+        d = row._asdict()
+        t.add_row(
+            str(d["placement"]),
+            str(d["method"]),
+            str(d["batches"]),
+            f"{d['mean_us']:,.1f}",
+            f"{d['p50_us']:,.1f}",
+            f"{d['p95_us']:,.1f}",
+            f"{d['vs_first']:.4f}",
+            f"{d['imbalance']:.4f}",
+            f"{d['above_bound']:.3%}",
+            str(d["top_stragglers"]),
+        )
+    return t

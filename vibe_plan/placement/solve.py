@@ -1,0 +1,199 @@
+"""`vibe solve` as a library call: every method, all layers, one Placement (DESIGN.md format)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vibe_plan.artifacts.gpu_profile import GpuProfile
+from vibe_plan.artifacts.placement import Placement
+from vibe_plan.artifacts.routing_profile import RoutingProfile
+from vibe_plan.errors import VibeError
+from vibe_plan.placement.baselines import linear_map, round_robin_map, tile_layers
+from vibe_plan.placement.bounds import lower_bound
+from vibe_plan.placement.cost import TimeCurve, curves_of, expert_time, gpu_times, imbalance
+from vibe_plan.placement.cpsat import CpSatSettings
+from vibe_plan.placement.eplb import rebalance_experts
+from vibe_plan.placement.groups import groups_to_nodes
+from vibe_plan.placement.layer import LayerPlan, plan_layer
+
+METHODS = ("vibe", "eplb", "linear", "round_robin")
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    method: str = "vibe"
+    redundant: int = 0
+    nodes: int | None = None  # default: distinct hosts in the GPU profile
+    groups: int | None = None  # default: the routing meta's num_groups, else 1
+    group_locality: bool = True  # vibe keeps each expert group inside one node when it can
+    time_limit: float = 0.1  # CP-SAT deterministic seconds per layer
+    workers: int = 2
+    seed: int = 0
+    jobs: int | None = None  # layer-parallel processes; default cores // workers
+
+
+@dataclass(frozen=True)
+class Shape:
+    num_gpus: int
+    num_experts: int
+    slots_per_gpu: int
+    num_nodes: int
+    num_groups: int
+
+
+@dataclass
+class SolveResult:
+    placement: Placement
+    shape: Shape
+    status: list[str] = field(default_factory=list)  # per layer, vibe only
+    heuristic_us: list[float] = field(default_factory=list)
+
+
+def resolve_shape(gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions) -> Shape:
+    G, E, R = gpus.num_gpus, routing.num_experts, opts.redundant
+    if R < 0:
+        raise VibeError(f"--redundant {R} must be zero or positive")
+    P = E + R
+    if P % G:
+        lo = (P // G) * G - E
+        hi = (P // G + 1) * G - E
+        near = ", ".join(str(r) for r in (lo, hi) if r >= 0)
+        raise VibeError(
+            f"{E} experts + {R} redundant = {P} slots do not divide over {G} GPUs; "
+            f"use --redundant {near}"
+        )
+    N = opts.nodes if opts.nodes is not None else len(dict.fromkeys(gpus.hosts))
+    if N <= 0 or G % N:
+        raise VibeError(f"{G} GPUs do not split evenly over {N} nodes; pass --nodes dividing {G}")
+    K = opts.groups if opts.groups is not None else (routing.num_groups or 1)
+    if K <= 0 or E % K:
+        raise VibeError(
+            f"--groups {K} does not divide the routing profile's {E} experts; "
+            "pass a divisor of the expert count (the model's n_group)"
+        )
+    return Shape(G, E, P // G, N, K)
+
+
+def solve_placement(
+    gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions, progress=None
+) -> SolveResult:
+    """Plan every MoE layer on the mean load of `routing` with `opts.method`."""
+    if opts.method not in METHODS:
+        raise VibeError(f"unknown method {opts.method!r}; choose one of {', '.join(METHODS)}")
+    shape = resolve_shape(gpus, routing, opts)
+    curves = curves_of(gpus)
+    load = routing.mean_load()
+    L = routing.num_layers
+    status: list[str] = []
+    heur: list[float] = []
+    if opts.method == "vibe":
+        plans = _vibe_layers(load, curves, shape, opts, progress)
+        phy2log = np.stack([p.phy2log for p in plans])
+        bounds = np.array([p.lower_bound_us for p in plans])
+        status = [p.status for p in plans]
+        heur = [p.heuristic_us for p in plans]
+    else:
+        phy2log = baseline_map(opts.method, load, shape)
+        bounds = np.array(
+            [
+                own_bound(curves, phy2log[layer], load[layer], shape.slots_per_gpu)
+                for layer in range(L)
+            ]
+        )
+    times = gpu_times(curves, phy2log, load)
+    placement = Placement(
+        num_gpus=shape.num_gpus,
+        slots_per_gpu=shape.slots_per_gpu,
+        num_logical_experts=shape.num_experts,
+        layer_ids=[int(x) for x in routing.layer_ids],
+        phy2log=phy2log,
+        num_nodes=shape.num_nodes,
+        gpus=[_gpu_record(g) for g in gpus.gpus],
+        method=opts.method,
+        predicted={
+            "makespan_us": times.max(axis=1).tolist(),
+            "lower_bound_us": bounds.tolist(),
+            "imbalance": imbalance(times).tolist(),
+        },
+    )
+    return SolveResult(placement, shape, status, heur)
+
+
+def baseline_map(method: str, load: np.ndarray, shape: Shape) -> np.ndarray:
+    L = load.shape[0]
+    G, E, S = shape.num_gpus, shape.num_experts, shape.slots_per_gpu
+    if method == "linear":
+        return tile_layers(linear_map(E, G, S), L)
+    if method == "round_robin":
+        return tile_layers(round_robin_map(E, G, S), L)
+    phy2log, _, _ = rebalance_experts(load, G * S, shape.num_groups, shape.num_nodes, G)
+    return phy2log
+
+
+def own_bound(curves: list[TimeCurve], row: np.ndarray, load: np.ndarray, slots: int) -> float:
+    """Lower bound for the items (replicas) a plan chose."""
+    cnt = np.bincount(row, minlength=len(load))
+    return lower_bound(expert_time(curves, (load / np.maximum(cnt, 1))[row]), slots)
+
+
+def _gpu_record(g) -> dict:
+    rec = {"id": g.id, "host": g.host, "name": g.name}
+    if g.uuid:
+        rec["uuid"] = g.uuid
+    return rec
+
+
+def _vibe_layers(load, curves, shape: Shape, opts: SolveOptions, progress) -> list[LayerPlan]:
+    settings = CpSatSettings(opts.time_limit, opts.workers, opts.seed)
+    use_groups = (
+        opts.group_locality and shape.num_nodes > 1 and shape.num_groups % shape.num_nodes == 0
+    )
+    args = [(load[layer], curves, shape, settings, use_groups) for layer in range(load.shape[0])]
+    jobs = opts.jobs or max(1, (os.cpu_count() or 1) // max(1, opts.workers))
+    task = progress.add_task("solving layers", total=len(args)) if progress else None
+    out: list[LayerPlan] = []
+    if jobs > 1 and len(args) > 1:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(args))) as pool:
+            for plan in pool.map(_plan_one, args):
+                out.append(plan)
+                if progress:
+                    progress.advance(task)
+    else:
+        for a in args:
+            out.append(_plan_one(a))
+            if progress:
+                progress.advance(task)
+    return out
+
+
+def _plan_one(args) -> LayerPlan:
+    load, curves, shape, settings, use_groups = args
+    if not use_groups:
+        return plan_layer(load, curves, shape.slots_per_gpu, settings)
+    return _plan_grouped(load, curves, shape, settings)
+
+
+def _plan_grouped(load, curves, shape: Shape, settings: CpSatSettings) -> LayerPlan:
+    """Groups onto nodes (speed-aware), then each node planned alone on its own experts."""
+    N, K, G, S = shape.num_nodes, shape.num_groups, shape.num_gpus, shape.slots_per_gpu
+    per_node = G // N
+    group_size = shape.num_experts // K
+    node_groups = groups_to_nodes(load, curves, K, N)
+    rows, span, bound, start, statuses = [], 0.0, 0.0, 0.0, []
+    for n in range(N):
+        experts = np.concatenate(
+            [np.arange(k * group_size, (k + 1) * group_size) for k in node_groups[n]]
+        )
+        node_curves = curves[n * per_node : (n + 1) * per_node]
+        plan = plan_layer(load[experts], node_curves, S, settings)
+        rows.append(experts[plan.phy2log])
+        span = max(span, plan.makespan_us)
+        bound = max(bound, plan.lower_bound_us)
+        start = max(start, plan.heuristic_us)
+        statuses.append(plan.status)
+    status = "bound" if all(s == "bound" for s in statuses) else "/".join(sorted(set(statuses)))
+    return LayerPlan(np.concatenate(rows), span, bound, start, status)

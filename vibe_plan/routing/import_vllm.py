@@ -1,0 +1,125 @@
+"""vLLM per-request `routed_experts` [seq_len, moe_layers, top_k]: .npy files or base64 in JSONL."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vibe_plan.console import warn
+from vibe_plan.errors import VibeError
+from vibe_plan.routing.importers import EngineDump
+
+
+def read_vllm(source: Path, num_experts: int | None, batch_tokens: int) -> EngineDump:
+    if batch_tokens < 1:
+        raise VibeError(f"--batch-tokens is {batch_tokens}; it must be at least 1")
+    arrays = list(_arrays(source))
+    if not arrays:
+        raise VibeError(f"{source}: no routed_experts arrays found")
+    shape = arrays[0][1].shape[1:]
+    for where, arr in arrays:
+        if arr.ndim != 3 or arr.shape[1:] != shape:
+            raise VibeError(
+                f"{where}: routed_experts has shape {list(arr.shape)}; expected "
+                f"[seq_len, {shape[0]}, {shape[1]}] like the first one"
+            )
+        if arr.dtype.kind not in "iu":
+            raise VibeError(f"{where}: routed_experts must hold integer expert ids")
+    if num_experts is None:
+        num_experts = int(max(int(a.max()) for _, a in arrays if a.size)) + 1
+        warn(f"no --model: assuming {num_experts} experts (the largest id seen + 1)")
+    n_layers, top_k = int(shape[0]), int(shape[1])
+    rows: list[np.ndarray] = []
+    row = np.zeros((n_layers, num_experts), np.int64)
+    used = 0
+    for where, arr in arrays:
+        if arr.size and int(arr.max()) >= num_experts:
+            raise VibeError(f"{where}: expert id {int(arr.max())} >= {num_experts} experts")
+        if used and used + arr.shape[0] > batch_tokens:  # requests join batches in order
+            rows.append(row)
+            row, used = np.zeros_like(row), 0
+        for layer in range(n_layers):
+            ids = arr[:, layer, :].reshape(-1)
+            ids = ids[ids >= 0]  # -1 marks positions the engine did not route
+            row[layer] += np.bincount(ids, minlength=num_experts)
+        used += arr.shape[0]
+    rows.append(row)
+    return EngineDump(
+        np.stack(rows), "moe", top_k, {"requests": len(arrays), "batch_tokens": batch_tokens}
+    )
+
+
+def _arrays(source: Path) -> Iterator[tuple[str, np.ndarray]]:
+    if source.is_dir():
+        files = sorted(source.glob("*.npy"))
+        if not files:
+            raise VibeError(f"{source}: no .npy files in the folder")
+        for f in files:
+            yield str(f), _npy_file(f)
+    elif source.suffix == ".npy":
+        yield str(source), _npy_file(source)
+    else:
+        yield from _jsonl(source)
+
+
+def _npy_file(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise VibeError(f"{path}: not a readable .npy array ({e})") from None
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise VibeError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            found = list(_find(obj))
+            if not found:
+                raise VibeError(
+                    f'{path}:{n}: no "routed_experts" field (start vLLM with '
+                    "--enable-return-routed-experts)"
+                )
+            for value in found:
+                yield f"{path}:{n}", _decode(value, f"{path}:{n}")
+
+
+def _find(obj: Any) -> Iterator[Any]:
+    """Every `routed_experts` value, wherever the response nests it (choices, outputs, ...)."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key == "routed_experts" and value is not None:
+                yield value
+            else:
+                yield from _find(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            yield from _find(item)
+
+
+def _decode(value: Any, where: str) -> np.ndarray:
+    if isinstance(value, str):
+        try:
+            raw = base64.b64decode(value, validate=True)
+            return np.load(io.BytesIO(raw), allow_pickle=False)
+        except (binascii.Error, ValueError, OSError) as e:
+            raise VibeError(
+                f"{where}: routed_experts is not base64 of a .npy array ({e})"
+            ) from None
+    try:
+        return np.asarray(value, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise VibeError(
+            f"{where}: routed_experts is neither base64 .npy nor a nested list"
+        ) from None

@@ -1,0 +1,147 @@
+"""profile-routing as a library call: load model and trace, replay, build the routing profile."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vibe_plan.artifacts.io import sha256_file
+from vibe_plan.artifacts.routing_profile import RoutingProfile
+from vibe_plan.console import warn
+from vibe_plan.errors import VibeError
+from vibe_plan.routing.batching import prefill_batches, tokenize_requests
+from vibe_plan.routing.facts import model_name, moe_facts, read_config
+from vibe_plan.routing.traces import read_trace
+
+PHASES = ("prefill", "decode", "both")
+
+
+@dataclass
+class ProfileOptions:
+    model: Path
+    trace: Path
+    trace_format: str = "auto"
+    batch_tokens: int = 4096
+    max_requests: int = 0
+    phase: str = "prefill"
+    decode_steps: int = 16
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    quiet: bool = False
+
+
+@dataclass
+class ProfileRun:
+    profile: RoutingProfile
+    tokens: int
+    seconds: float
+
+
+def profile_routing_run(opt: ProfileOptions) -> ProfileRun:
+    if opt.phase not in PHASES:
+        raise VibeError(f"--phase {opt.phase!r}: use one of {', '.join(PHASES)}")
+    if opt.batch_tokens < 1:
+        raise VibeError(f"--batch-tokens is {opt.batch_tokens}; it must be at least 1")
+    if opt.phase != "prefill" and opt.decode_steps < 1:
+        raise VibeError(f"--phase {opt.phase} needs --decode-steps of at least 1")
+    # Cheap checks first: a bad folder or trace fails before torch and the weights load.
+    cfg = read_config(opt.model)
+    facts = moe_facts(cfg, model_name(opt.model, cfg), f"{opt.model}/config.json")
+    requests, fmt = read_trace(opt.trace, opt.trace_format, opt.max_requests)
+
+    import torch
+
+    from vibe_plan.routing.hooks import ROUTER_NAME, RouterRecorder, find_routers
+    from vibe_plan.routing.models import input_device, load_model, load_tokenizer, resolve_device
+    from vibe_plan.routing.replay import check_rows, replay
+
+    torch.manual_seed(opt.seed)
+    device = resolve_device(opt.device)
+    tokenizer = load_tokenizer(opt.model)
+    tokens = tokenize_requests(requests, tokenizer, opt.seed)
+    batches = prefill_batches(tokens, opt.batch_tokens)
+    model = load_model(opt.model, device, opt.dtype, opt.quiet)
+    routers = find_routers(model)
+    if not routers:
+        raise VibeError(
+            f"no router modules found in {type(model).__name__} (looked for module names "
+            f"matching {ROUTER_NAME.pattern}); this architecture is not supported yet"
+        )
+    layer_ids = list(routers)
+    if layer_ids != facts.moe_layers:
+        warn(
+            f"routers found in decoder layers {layer_ids}, the config implies {facts.moe_layers}; "
+            "using the layers that have routers"
+        )
+    pad_id = _pad_id(tokenizer)
+    decode_steps = 0 if opt.phase == "prefill" else opt.decode_steps
+    with RouterRecorder(routers, facts.num_experts) as rec:
+        result = replay(
+            model,
+            rec,
+            batches,
+            pad_id,
+            input_device(model),
+            decode_steps,
+            record_prefill=opt.phase != "decode",
+            seed=opt.seed,
+            quiet=opt.quiet,
+        )
+    if not result.rows:
+        raise VibeError("the replay recorded no tokens; check the trace and --decode-steps")
+    check_rows(result, facts.top_k, layer_ids)
+    phase = {"prefill": "prefill", "decode": "decode", "both": "mixed"}[opt.phase]
+    meta: dict[str, Any] = {
+        "model": facts.model,
+        "model_type": facts.model_type,
+        "num_experts": facts.num_experts,
+        "top_k": facts.top_k,
+        "num_hidden_layers": facts.num_hidden_layers,
+        "phase": phase,
+        "batch_tokens": opt.batch_tokens,
+        "row_tokens": result.row_tokens,
+        "source": _source(opt, fmt, len(requests), decode_steps, device, model),
+    }
+    if phase == "mixed":
+        meta["row_phase"] = result.row_phase
+    if facts.num_groups:
+        meta["num_groups"] = facts.num_groups
+        if facts.topk_group:
+            meta["topk_group"] = facts.topk_group
+    if facts.shared_experts:
+        # Every valid token goes through each shared expert of every MoE layer.
+        meta["shared_experts"] = {"count": facts.shared_experts, "tokens": result.row_tokens}
+    profile = RoutingProfile(np.stack(result.rows), np.asarray(layer_ids, np.int64), meta)
+    return ProfileRun(profile, result.tokens, result.seconds)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, int):
+            return value  # padded positions are masked, so any valid id will do
+    return 0
+
+
+def _source(
+    opt: ProfileOptions, fmt: str, n_requests: int, decode_steps: int, device: str, model: Any
+) -> dict[str, Any]:
+    import transformers
+
+    return {
+        "kind": "replay",
+        "trace": Path(opt.trace).name,
+        "trace_sha256": sha256_file(opt.trace),
+        "trace_format": fmt,
+        "requests": n_requests,
+        "decode_steps": decode_steps,
+        "seed": opt.seed,
+        "device": device,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "model_class": type(model).__name__,
+        "transformers": transformers.__version__,
+    }
