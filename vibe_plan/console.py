@@ -9,8 +9,10 @@ from contextlib import contextmanager
 
 from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; logs are read wide.
+_width = None if sys.stdout.isatty() else 120
+console = Console(highlight=False, width=_width)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
 
 
 def interactive(quiet: bool = False) -> bool:

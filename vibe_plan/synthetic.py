@@ -60,15 +60,16 @@ def synthetic_gpu_profile(
     seed: int = 0,
     gpus_per_node: int = 8,
 ) -> GpuProfile:
-    """`spread` = how much slower than nominal the slowest GPU may be (0.10: up to 10%), drawn
-    separately for compute and memory so the speed ranking can change along the curve."""
+    """Each GPU's compute and memory speed lie within `spread` of nominal (0.10: +-10%, so the
+    fastest and slowest differ by up to ~20%, near the 22% maximum variation Sinha et al. saw in
+    one cluster). Drawn separately, so the speed ranking can change along the curve."""
     rng = np.random.default_rng(seed)
     tokens = np.array(SWEEP)
     gpus = []
     for g in range(num_gpus):
-        u = rng.uniform(0.0, 1.0)
+        u = rng.uniform(-1.0, 1.0)
         slow_compute = 1.0 + spread * u
-        slow_memory = 1.0 + spread * (0.5 * u + 0.5 * rng.uniform(0.0, 1.0))
+        slow_memory = 1.0 + spread * (0.5 * u + 0.5 * rng.uniform(-1.0, 1.0))
         t = roofline_time_us(shape, tokens, 650.0 / slow_compute, 2.8 / slow_memory)
         gpus.append(
             GpuEntry(
@@ -141,3 +142,31 @@ def synthetic_routing(
         meta["num_groups"] = num_groups
     layer_ids = np.arange(first_moe_layer, first_moe_layer + num_layers)
     return RoutingProfile(counts, layer_ids, meta)
+
+
+def fleet_from_measured(
+    measured: GpuProfile, num_gpus: int, spread: float, seed: int = 0, gpus_per_node: int = 8
+) -> GpuProfile:
+    """A fleet built from ONE measured curve (the first device of `measured`), each copy scaled by
+    a drawn speed within `spread` of nominal. The curve shape is real; the spread is SYNTHETIC."""
+    rng = np.random.default_rng(seed)
+    src = measured.gpus[0]
+    gpus = []
+    for g in range(num_gpus):
+        factor = 1.0 + spread * rng.uniform(-1.0, 1.0)
+        gpus.append(
+            GpuEntry(
+                id=g,
+                host=f"node{g // gpus_per_node}",
+                name=f"{src.name} (scaled copy)",
+                curve=GpuCurve(
+                    list(src.curve.tokens), [round(t * factor, 4) for t in src.curve.time_us]
+                ),
+                telemetry={"synthetic_slowdown": round(factor, 4)},
+            )
+        )
+    method = dict(measured.method)
+    method["note"] = (
+        f"curve measured on {src.name}; per-GPU spread SYNTHETIC (+-{spread:.0%}, seed {seed})"
+    )
+    return GpuProfile(expert=measured.expert, gpus=gpus, method=method)

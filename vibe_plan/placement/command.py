@@ -53,7 +53,7 @@ def solve(
     workers: int = typer.Option(2, "--workers", help="CP-SAT workers (at least 2)."),
     seed: int = typer.Option(0, "--seed", help="Seed for CP-SAT and the local search."),
     jobs: int | None = typer.Option(
-        None, "--jobs", help="Layers solved in parallel processes; default: cores / workers."
+        None, "--jobs", help="Layers solved in parallel processes; default: one per core."
     ),
     export: list[str] = typer.Option(
         [], "--export", help="FORMAT=PATH, repeatable; formats sglang, trtllm, eplb."

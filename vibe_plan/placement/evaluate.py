@@ -28,9 +28,8 @@ class Score:
 
     def top_stragglers(self, k: int = 3) -> str:
         order = np.argsort(-self.straggler_share, kind="stable")[:k]
-        return ", ".join(
-            f"{g} ({self.straggler_share[g]:.0%})" for g in order if self.straggler_share[g] > 0
-        )
+        share = self.straggler_share
+        return " ".join(f"{g}:{share[g]:.0%}" for g in order if share[g] > 0)
 
 
 def check_compatible(p: Placement, gpus: GpuProfile, routing: RoutingProfile, name: str) -> None:

@@ -116,7 +116,7 @@ def _best_single_swap(p, item_expert, item_gpu, finish, holds):
 
 
 def _best_double_swap(p, item_expert, item_gpu, finish, holds):
-    """Best exchange of two items of the slowest GPU for two items of another, all GPUs at once."""
+    """Best exchange of two items of the slowest GPU for two items of another GPU."""
     G = len(finish)
     S = len(item_gpu) // G
     if S < 2:
@@ -125,25 +125,25 @@ def _best_double_swap(p, item_expert, item_gpu, finish, holds):
     top = finish[g]
     slot_item = np.argsort(item_gpu, kind="stable").reshape(G, S)
     i, j = np.triu_indices(S, k=1)
-    b1, b2 = slot_item[:, i], slot_item[:, j]  # [G, pairs]: every pair on every GPU
-    a1, a2 = b1[g], b2[g]  # [pairs] on the slowest GPU
-    gpus = np.arange(G)[:, None]
-    out_g = p[a1, g] + p[a2, g]  # [pairs]
-    in_g = p[b1, g] + p[b2, g]  # [G, pairs]
-    out_h = p[b1, gpus] + p[b2, gpus]  # [G, pairs]
-    in_h = (p[a1] + p[a2]).T  # [G, pairs]: g's pair a on GPU h
-    new_g = top - out_g[:, None, None] + in_g[None, :, :]
-    new_h = finish[None, :, None] - out_h[None, :, :] + in_h.T[:, :, None]
-    ea1, ea2 = item_expert[a1], item_expert[a2]
-    a_clash = (holds[:, ea1] | holds[:, ea2]).T  # [pairs, G]: h already holds one of g's pair
-    b_clash = holds[g][item_expert[b1]] | holds[g][item_expert[b2]]  # [G, pairs]
-    legal = ~a_clash[:, :, None] & ~b_clash[None, :, :]
-    legal[:, g, :] = False
-    worse = np.where(legal, np.maximum(new_g, new_h), np.inf)
-    a, h, b = np.unravel_index(int(np.argmin(worse)), worse.shape)
-    if not worse[a, h, b] < top * (1 - 1e-9):
-        return None
-    return (a1[a], a2[a]), (b1[h, b], b2[h, b])
+    a1, a2 = slot_item[g, i], slot_item[g, j]  # every pair on the slowest GPU
+    pa = p[a1] + p[a2]  # [pairs, G]: that pair's time on each GPU
+    a_clash = holds[:, item_expert[a1]] | holds[:, item_expert[a2]]  # [G, pairs]
+    best, move = top * (1 - 1e-9), None
+    for h in range(G):
+        if h == g:
+            continue
+        b1, b2 = slot_item[h, i], slot_item[h, j]
+        pb = p[b1] + p[b2]  # [pairs, G]
+        new_g = (top - pa[:, g])[:, None] + pb[:, g][None, :]
+        new_h = (finish[h] - pb[:, h])[None, :] + pa[:, h][:, None]
+        worse = np.maximum(new_g, new_h)
+        b_clash = holds[g, item_expert[b1]] | holds[g, item_expert[b2]]
+        worse[a_clash[h], :] = np.inf
+        worse[:, b_clash] = np.inf
+        a, b = np.unravel_index(int(np.argmin(worse)), worse.shape)
+        if worse[a, b] < best:
+            best, move = worse[a, b], ((a1[a], a2[a]), (b1[b], b2[b]))
+    return move
 
 
 def gpu_finish(p: np.ndarray, item_gpu: np.ndarray, num_gpus: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from rich.table import Table
@@ -57,32 +58,31 @@ def evaluate_table(frame) -> Table:
         title="per-batch MoE time per forward (sum over layers of the slowest GPU)",
         title_justify="left",
     )
-    cols = [
-        ("placement", "placement"),
-        ("method", "method"),
-        ("batches", "batches"),
-        ("mean_us", "mean (us)"),
-        ("p50_us", "p50 (us)"),
-        ("p95_us", "p95 (us)"),
-        ("vs_first", "vs first"),
-        ("imbalance", "imbalance"),
-        ("above_bound", "above bound"),
-        ("top_stragglers", "top stragglers (GPU, share)"),
+    heads = [
+        "placement",
+        "mean us",
+        "p50 us",
+        "p95 us",
+        "vs first",
+        "imbal.",
+        "> bound",
+        "stragglers",
     ]
-    for _, head in cols:
-        t.add_column(head, justify="left" if head in ("placement", "method") else "right")
-    for row in frame.itertuples(index=False):
-        d = row._asdict()
+    for head in heads:
+        t.add_column(head, justify="left" if head in ("placement", "stragglers") else "right")
+    for d in frame.to_dict("records"):
         t.add_row(
-            str(d["placement"]),
-            str(d["method"]),
-            str(d["batches"]),
-            f"{d['mean_us']:,.1f}",
-            f"{d['p50_us']:,.1f}",
-            f"{d['p95_us']:,.1f}",
+            f"{Path(d['placement']).name} ({d['method']})",
+            f"{d['mean_us']:,.0f}",
+            f"{d['p50_us']:,.0f}",
+            f"{d['p95_us']:,.0f}",
             f"{d['vs_first']:.4f}",
-            f"{d['imbalance']:.4f}",
-            f"{d['above_bound']:.3%}",
+            f"{d['imbalance']:.3f}",
+            f"{d['above_bound']:.2%}",
             str(d["top_stragglers"]),
         )
+    t.caption = (
+        f"{frame['batches'].iloc[0]} batches; stragglers: GPU (share of layer-batches "
+        "where it is slowest)"
+    )
     return t

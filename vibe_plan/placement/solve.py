@@ -33,7 +33,7 @@ class SolveOptions:
     time_limit: float = 0.1  # CP-SAT deterministic seconds per layer
     workers: int = 2
     seed: int = 0
-    jobs: int | None = None  # layer-parallel processes; default cores // workers
+    jobs: int | None = None  # layer-parallel processes; default: one per core
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,8 @@ def _vibe_layers(load, curves, shape: Shape, opts: SolveOptions, progress) -> li
         opts.group_locality and shape.num_nodes > 1 and shape.num_groups % shape.num_nodes == 0
     )
     args = [(load[layer], curves, shape, settings, use_groups) for layer in range(load.shape[0])]
-    jobs = opts.jobs or max(1, (os.cpu_count() or 1) // max(1, opts.workers))
+    # The heuristic is single-threaded and dominates; CP-SAT's threads only briefly overlap.
+    jobs = opts.jobs or (os.cpu_count() or 1)
     task = progress.add_task("solving layers", total=len(args)) if progress else None
     out: list[LayerPlan] = []
     if jobs > 1 and len(args) > 1:

@@ -1,0 +1,196 @@
+"""The cost model (TimeCurve, per-GPU times) and the lower bounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vibe_plan.placement.bounds import (
+    cardinality_bound,
+    item_bound,
+    lower_bound,
+    lp_bound,
+    work_bound,
+)
+from vibe_plan.placement.cost import (
+    TimeCurve,
+    batch_gpu_times,
+    expert_time,
+    gpu_times,
+    imbalance,
+    layer_makespan,
+)
+from vibe_plan.placement.heuristic import gpu_finish, items_of, local_search, lpt
+
+
+def test_curve_starts_at_zero_and_interpolates():
+    c = TimeCurve.from_points([2, 10, 20], [4.0, 8.0, 18.0])
+    assert float(c(0)) == 0.0
+    assert float(c(1)) == pytest.approx(2.0)  # from (0, 0) to (2, 4)
+    assert float(c(2)) == pytest.approx(4.0)
+    assert float(c(6)) == pytest.approx(6.0)
+    assert float(c(15)) == pytest.approx(13.0)
+    np.testing.assert_allclose(c(np.array([2, 10, 20])), [4.0, 8.0, 18.0])
+
+
+def test_curve_extrapolates_linearly():
+    c = TimeCurve.from_points([2, 10, 20], [4.0, 8.0, 18.0])
+    # Slope of the last segment: (18 - 8) / (20 - 10) = 1.
+    assert c.tail_slope == pytest.approx(1.0)
+    assert float(c(30)) == pytest.approx(28.0)
+    assert float(c(120)) == pytest.approx(118.0)
+    np.testing.assert_allclose(c(np.array([6.0, 40.0])), [6.0, 38.0])
+
+
+def test_curve_made_non_decreasing():
+    c = TimeCurve.from_points([1, 2, 4, 8, 16], [5.0, 3.0, 6.0, 5.5, 9.0])
+    grid = np.linspace(0, 40, 401)
+    y = c(grid)
+    assert np.all(np.diff(y) >= -1e-12)
+    assert float(c(2)) >= 5.0  # the dip below the first point is lifted
+    assert float(c(8)) >= 6.0
+
+
+def test_curve_random_monotone():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        tokens = np.unique(rng.integers(1, 5000, size=8))
+        times = rng.uniform(0.5, 50.0, size=len(tokens))
+        c = TimeCurve.from_points(tokens, times)
+        grid = np.sort(rng.uniform(0, 10000, size=200))
+        y = c(grid)
+        assert np.all(np.diff(y) >= -1e-9)
+        assert float(c(0)) == 0.0
+        # Each measured point is kept or lifted to the running maximum.
+        np.testing.assert_allclose(c(tokens), np.maximum.accumulate(times))
+
+
+def _direct_gpu_times(curves, phy2log, load):
+    G = len(curves)
+    L, P = phy2log.shape
+    S = P // G
+    out = np.zeros((L, G))
+    for layer in range(L):
+        row = phy2log[layer].tolist()
+        for slot, e in enumerate(row):
+            g = slot // S
+            r = row.count(e)
+            out[layer, g] += float(curves[g](load[layer, e] / r))
+    return out
+
+
+def _random_setup(rng, G=3, S=4, E=9, L=2):
+    curves = [
+        TimeCurve.from_points([1, 16, 128, 1024], f * np.array([3.0, 4.0, 10.0, 60.0]))
+        for f in rng.uniform(1.0, 1.5, size=G)
+    ]
+    rows = []
+    for _ in range(L):
+        extra = rng.integers(0, E, size=G * S - E)
+        rows.append(rng.permutation(np.concatenate([np.arange(E), extra])))
+    return curves, np.array(rows)
+
+
+def test_gpu_times_match_direct_loop():
+    rng = np.random.default_rng(7)
+    curves, phy2log = _random_setup(rng)
+    load = rng.uniform(0, 3000, size=(2, 9))
+    got = gpu_times(curves, phy2log, load)
+    np.testing.assert_allclose(got, _direct_gpu_times(curves, phy2log, load))
+    np.testing.assert_allclose(layer_makespan(curves, phy2log, load), got.max(axis=1))
+
+
+def test_replicas_split_load():
+    c = TimeCurve.from_points([1, 100], [1.0, 100.0])  # t(n) = n past the first token
+    # Expert 0 has two replicas (one per GPU); expert 1 and 2 one each.
+    phy2log = np.array([[0, 1, 0, 2]])
+    load = np.array([[80.0, 10.0, 30.0]])
+    t = gpu_times([c, c], phy2log, load)
+    np.testing.assert_allclose(t, [[40.0 + 10.0, 40.0 + 30.0]])
+
+
+def test_batch_gpu_times_agree_with_gpu_times():
+    rng = np.random.default_rng(3)
+    curves, phy2log = _random_setup(rng)
+    counts = rng.integers(0, 2000, size=(5, 2, 9))
+    bt = batch_gpu_times(curves, phy2log, counts)
+    assert bt.shape == (5, 2, 3)
+    for b in range(5):
+        np.testing.assert_allclose(bt[b], gpu_times(curves, phy2log, counts[b].astype(float)))
+        np.testing.assert_allclose(bt[b], _direct_gpu_times(curves, phy2log, counts[b]))
+
+
+def test_expert_time_and_imbalance():
+    c1 = TimeCurve.from_points([10], [10.0])
+    c2 = TimeCurve.from_points([10], [20.0])
+    p = expert_time([c1, c2], np.array([5.0, 10.0]))
+    np.testing.assert_allclose(p, [[5.0, 10.0], [10.0, 20.0]])
+    np.testing.assert_allclose(imbalance(np.array([[1.0, 3.0], [2.0, 2.0]])), [1.5, 1.0])
+    assert float(imbalance(np.zeros(4))) == 1.0
+
+
+# ----- bounds -----
+
+
+def _items(rng, n, G, proportional=False):
+    base = rng.uniform(0.1, 20.0, size=n)
+    if proportional:
+        return base[:, None] * rng.uniform(1.0, 1.4, size=G)[None, :]
+    return base[:, None] * rng.uniform(0.8, 1.6, size=(n, G)) + rng.uniform(0, 2, size=G)
+
+
+def _random_plan_span(rng, p, S):
+    n, G = p.shape
+    gpu = rng.permutation(np.repeat(np.arange(G), S))
+    return float(np.bincount(gpu, weights=p[np.arange(n), gpu], minlength=G).max())
+
+
+@pytest.mark.parametrize("proportional", [False, True])
+def test_lower_bound_below_any_plan(proportional):
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        G, S = int(rng.integers(1, 6)), int(rng.integers(1, 5))
+        p = _items(rng, G * S, G, proportional)
+        lb = lower_bound(p, S)
+        assert lb >= max(work_bound(p), item_bound(p), cardinality_bound(p, S)) - 1e-12
+        for _ in range(30):
+            assert lb <= _random_plan_span(rng, p, S) * (1 + 1e-9)
+
+
+def test_lower_bound_exact_cases():
+    # One slot per GPU with identical GPUs: the biggest item is the makespan.
+    p = np.tile(np.array([[5.0], [3.0], [1.0]]), (1, 3))
+    assert lower_bound(p, 1) == pytest.approx(5.0)
+    # Identical items on identical GPUs: work bound is tight.
+    p = np.full((6, 3), 2.0)
+    assert lower_bound(p, 2) == pytest.approx(4.0)
+
+
+def test_work_bound_proportional_curves():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        G = int(rng.integers(2, 6))
+        base = rng.uniform(0.5, 10.0, size=int(rng.integers(G, 4 * G)))
+        slow = rng.uniform(1.0, 1.5, size=G)
+        p = base[:, None] * slow[None, :]
+        assert work_bound(p) == pytest.approx(base.sum() / (1.0 / slow).sum(), rel=1e-9)
+
+
+def test_lp_bound_between_work_bound_and_heuristic():
+    rng = np.random.default_rng(2)
+    for _ in range(12):
+        G, S = int(rng.integers(2, 5)), int(rng.integers(2, 5))
+        E = int(rng.integers(S, G * S + 1))
+        cost = _items(rng, E, G)  # one replica of e on g
+        logcnt = np.ones(E, dtype=np.int64)
+        while logcnt.sum() < G * S:  # spare slots to random experts, at most one per GPU
+            e = int(rng.integers(E))
+            if logcnt[e] < G:
+                logcnt[e] += 1
+        item_expert = items_of(logcnt)
+        p = cost[item_expert]
+        plan = local_search(p, item_expert, lpt(p, item_expert, G, S), G)
+        span = float(gpu_finish(p, plan, G).max())
+        lp = lp_bound(cost, logcnt, S)
+        assert lp >= work_bound(p) * (1 - 1e-5)
+        assert lp <= span * (1 + 1e-9)
