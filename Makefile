@@ -38,6 +38,8 @@ lint: $(VENV)/.full
 
 bench: $(VENV)/.full
 	$(BIN)/python benchmarks/solve_bench.py
+	$(BIN)/python benchmarks/routing_bench.py
+	$(BIN)/python benchmarks/gpu_profile_bench.py --device cpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info
