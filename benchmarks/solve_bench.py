@@ -51,9 +51,16 @@ def speed_range(gpus) -> float:
 
 def run(inst: Instance, spread: float, batches: int, seed: int) -> dict:
     gpus = synthetic_gpu_profile(inst.shape, inst.gpus, spread, seed=seed)
-    routing = synthetic_routing(inst.experts, inst.layers, inst.top_k, batches, inst.batch_tokens,
-                                seed=seed + 1, num_groups=inst.groups,
-                                first_moe_layer=inst.first_moe)
+    routing = synthetic_routing(
+        inst.experts,
+        inst.layers,
+        inst.top_k,
+        batches,
+        inst.batch_tokens,
+        seed=seed + 1,
+        num_groups=inst.groups,
+        first_moe_layer=inst.first_moe,
+    )
     plan, held = routing.split(0.25)
     row = {"instance": inst.name, "spread": f"+-{spread:.0%}", "max/min": speed_range(gpus)}
     results = {}
@@ -71,13 +78,15 @@ def run(inst: Instance, spread: float, batches: int, seed: int) -> dict:
             "wall": wall,
         }
     v, e, lin = results["vibe"], results["eplb"], results["linear"]
-    row.update({
-        "vibe/eplb mean-load": v["mean_load"] / e["mean_load"],
-        "vibe/eplb held-out": v["held_out"] / e["held_out"],
-        "linear/eplb held-out": lin["held_out"] / e["held_out"],
-        "vibe worst layer gap": v["worst_gap"],
-        "vibe wall s": v["wall"],
-    })
+    row.update(
+        {
+            "vibe/eplb mean-load": v["mean_load"] / e["mean_load"],
+            "vibe/eplb held-out": v["held_out"] / e["held_out"],
+            "linear/eplb held-out": lin["held_out"] / e["held_out"],
+            "vibe worst layer gap": v["worst_gap"],
+            "vibe wall s": v["wall"],
+        }
+    )
     return row
 
 
@@ -87,8 +96,16 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    cols = ["instance", "spread", "max/min", "vibe/eplb mean-load", "vibe/eplb held-out",
-            "linear/eplb held-out", "vibe worst layer gap", "vibe wall s"]
+    cols = [
+        "instance",
+        "spread",
+        "max/min",
+        "vibe/eplb mean-load",
+        "vibe/eplb held-out",
+        "linear/eplb held-out",
+        "vibe worst layer gap",
+        "vibe wall s",
+    ]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for inst in INSTANCES:

@@ -203,3 +203,12 @@ def test_atomic_write_missing_folder(tmp_path):
     p = _placement([[0, 1, 2, 3, 4, 0], [4, 3, 2, 1, 0, 2]])
     with pytest.raises(VibeError, match="does not exist"):
         save_placement(p, tmp_path / "missing" / "p.json")
+
+
+def test_routing_meta_as_bytes(tmp_path):
+    meta = json.dumps({"schema": ROUTING_SCHEMA, "num_experts": 8}).encode()
+    path = tmp_path / "r.npz"
+    np.savez_compressed(
+        path, counts=skewed_counts(2, 1, 8), layer_ids=np.array([0]), meta=np.array(meta)
+    )
+    assert load_routing_profile(path).meta["num_experts"] == 8

@@ -134,9 +134,7 @@ def test_export_rejects_layer_beyond_model(tmp_path):
     with pytest.raises(VibeError, match="decoder layers"):
         decoder_rows(p, 4)
     with pytest.raises(VibeError):
-        export_placement(
-            p, [("trtllm", tmp_path / "t.yaml"), ("sglang", tmp_path / "s.json")], 4
-        )
+        export_placement(p, [("trtllm", tmp_path / "t.yaml"), ("sglang", tmp_path / "s.json")], 4)
     assert list(tmp_path.iterdir()) == [], "a failed export writes none of the files"
 
 

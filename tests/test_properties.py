@@ -32,9 +32,7 @@ def instances(draw):
     E = draw(st.integers(S, G * S))
     tokens = sorted(draw(st.sets(st.integers(1, 4096), min_size=2, max_size=6)))
     shape = draw(
-        st.lists(
-            st.floats(0.5, 100.0, allow_nan=False), min_size=len(tokens), max_size=len(tokens)
-        )
+        st.lists(st.floats(0.5, 100.0, allow_nan=False), min_size=len(tokens), max_size=len(tokens))
     )
     curves = []
     for _ in range(G):

@@ -227,13 +227,6 @@ def test_groups_option_overrides_meta(vibe, tmp_path):
     assert_valid_map(placement_map(tmp_path / "one.json"), 4, 8, 2)
 
 
-@pytest.mark.xfail(
-    reason="with group locality each node is planned on its own E/N experts; when S > E/N "
-    "(here 2 nodes, 8 experts in 4 groups, S = 5) lpt() raises RuntimeError although a "
-    "global plan without duplicates exists (S <= E) and --no-group-locality solves it",
-    raises=RuntimeError,
-    strict=True,
-)
 def test_group_locality_with_more_slots_than_node_experts(vibe, tmp_path):
     gpus, routing = _node_inputs(tmp_path, num_groups=4)
     r = vibe(*solve_args(gpus, routing, tmp_path / "free.json", "-r", "12", "--no-group-locality"))
@@ -298,7 +291,10 @@ BAD_ROUTING = {
     "no-counts": {"counts": COUNTS, "drop": ("counts",)},
     "meta-json": {"counts": COUNTS, "meta": "{'schema': 'vibe.routing-profile/v1'"},
     "meta-schema": {"counts": COUNTS, "meta": {"schema": "vibe.routing-profile/v0"}},
-    "meta-experts": {"counts": COUNTS, "meta": {"schema": "vibe.routing-profile/v1", "num_experts": 8}},
+    "meta-experts": {
+        "counts": COUNTS,
+        "meta": {"schema": "vibe.routing-profile/v1", "num_experts": 8},
+    },
 }
 
 
@@ -384,12 +380,6 @@ def test_redundant_needs_three_gpus_nearest(vibe, tmp_path):
     _assert_refused(r, out, "--redundant 2")  # 16 + 2 = 18 = 3 x 6; nothing valid below
 
 
-@pytest.mark.xfail(
-    reason="resolve_shape accepts more slots per GPU than experts (S > E); vibe then crashes "
-    "in lpt() with RuntimeError('LPT ran out of feasible GPUs') instead of a user error",
-    raises=RuntimeError,
-    strict=True,
-)
 def test_more_slots_per_gpu_than_experts_is_a_user_error(vibe, tmp_path):
     gpus = write_gpus(tmp_path / "g.yaml", [1.0, 1.2])
     routing = write_routing(tmp_path / "r.npz", skewed_counts(3, 2, 8))
@@ -438,12 +428,6 @@ def test_bad_export_spec(vibe, inputs, spec):
     _solve_refused(vibe, gpus, routing, out, "--export", spec, needles=("--export",))
 
 
-@pytest.mark.xfail(
-    reason="an export path that is an existing folder passes parse_export_specs; atomic_write "
-    "then raises IsADirectoryError (traceback, exit 1) after the placement JSON was written",
-    raises=IsADirectoryError,
-    strict=True,
-)
 def test_export_path_is_a_folder(vibe, inputs):
     gpus, routing, out = inputs
     (out / "dir").mkdir()
@@ -452,12 +436,6 @@ def test_export_path_is_a_folder(vibe, inputs):
     assert sorted(p.name for p in out.iterdir()) == ["dir"]
 
 
-@pytest.mark.xfail(
-    reason="--out naming an existing folder raises IsADirectoryError from atomic_write "
-    "(traceback, exit 1) instead of `error:` and exit 2",
-    raises=IsADirectoryError,
-    strict=True,
-)
 def test_out_is_a_folder(vibe, inputs):
     gpus, routing, out = inputs
     r = vibe(*solve_args(gpus, routing, out))
@@ -470,13 +448,6 @@ def test_out_folder_missing(vibe, inputs):
     _assert_refused(r, out, "--out")
 
 
-@pytest.mark.xfail(
-    reason="atomic_write uses tempfile.mkstemp, whose file mode 0600 survives the rename: "
-    "placement and export files are unreadable to other users, unlike a plain open() under "
-    "the usual umask",
-    raises=AssertionError,
-    strict=True,
-)
 def test_outputs_have_ordinary_permissions(vibe, inputs):
     gpus, routing, out = inputs
     old = os.umask(0o022)
@@ -489,12 +460,6 @@ def test_outputs_have_ordinary_permissions(vibe, inputs):
         assert path.stat().st_mode & 0o044 == 0o044, oct(path.stat().st_mode)
 
 
-@pytest.mark.xfail(
-    reason="plan_layer with one GPU (a one-GPU profile, or one GPU per node with expert "
-    "groups) crashes in heuristic._best_single_swap: argmin of an empty array (ValueError)",
-    raises=ValueError,
-    strict=True,
-)
 def test_one_gpu_profile(vibe, tmp_path):
     gpus = write_gpus(tmp_path / "g.yaml", [1.0])
     routing = write_routing(tmp_path / "r.npz", skewed_counts(3, 2, 8))

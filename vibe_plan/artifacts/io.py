@@ -21,17 +21,35 @@ def atomic_write_with(path: str | Path, writer: Callable) -> None:
     """Call `writer(binary_file)` on a temporary file, then move it to `path` in one step."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise VibeError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    check_writable(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
             writer(f)
+        # mkstemp makes the file 0600; give it the mode a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def check_writable(path: str | Path, what: str = "output") -> Path:
+    """Refuse, before any work, an output path whose folder is missing or that is a folder."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise VibeError(f"cannot write {what} {path}: folder {folder} does not exist; create it")
+    if path.is_dir():
+        raise VibeError(f"cannot write {what} {path}: it is a folder; give a file name")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def sha256_file(path: str | Path) -> str:

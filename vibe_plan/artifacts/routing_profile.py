@@ -136,8 +136,9 @@ def load_routing_profile(path: str | Path) -> RoutingProfile:
     if raw_meta.ndim != 0 or raw_meta.dtype.kind not in "US":
         raise _fail(path, "meta", "must be a 0-d string array holding JSON")
     try:
-        meta = json.loads(str(raw_meta[()]))
-    except json.JSONDecodeError as e:
+        text = raw_meta[()]
+        meta = json.loads(text.decode() if isinstance(text, bytes) else str(text))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise _fail(path, "meta", f"is not valid JSON ({e})")
     return validate_routing(arrays["counts"], arrays["layer_ids"], meta, path)
 

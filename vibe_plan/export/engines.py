@@ -88,6 +88,8 @@ def parse_export_specs(specs: list[str]) -> list[tuple[str, Path]]:
         folder = Path(path).parent
         if str(folder) and not folder.is_dir():
             raise VibeError(f"--export {spec!r}: folder {folder} does not exist; create it first")
+        if Path(path).is_dir():
+            raise VibeError(f"--export {spec!r}: {path} is a folder; give a file name")
         out.append((fmt, Path(path)))
     return out
 

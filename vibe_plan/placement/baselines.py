@@ -16,10 +16,10 @@ def linear_map(num_experts: int, num_gpus: int, slots_per_gpu: int) -> np.ndarra
 
 
 def round_robin_map(num_experts: int, num_gpus: int, slots_per_gpu: int) -> np.ndarray:
-    """Expert i goes to GPU i % G; redundant copies continue the same cycle. [P]
+    """Physical expert i (vLLM's order above) goes to GPU i % G. [P]
 
-    Where a replica would land on a GPU that already holds its expert, it swaps with a later
-    slot so that each GPU holds distinct experts whenever that is possible.
+    Like eplb, this can put two replicas of one expert on one GPU (when G does not divide E);
+    readers accept that with a warning.
     """
     P = num_gpus * slots_per_gpu
     phys = np.arange(P) % num_experts  # i-th physical expert in vLLM's order

@@ -66,17 +66,17 @@ def solve(
     exports, and prints the plan next to eplb and linear under the same cost model.
     """
     from vibe_plan.artifacts import load_gpu_profile, load_routing_profile, save_placement
-    from vibe_plan.artifacts.io import sha256_file
-    from vibe_plan.console import console, progress
-    from vibe_plan.export import export_placement, parse_export_specs
+    from vibe_plan.artifacts.io import atomic_write, check_writable, sha256_file
+    from vibe_plan.console import console, progress, warn
+    from vibe_plan.export import parse_export_specs
+    from vibe_plan.export.engines import export_texts
     from vibe_plan.placement.report import solve_table
     from vibe_plan.placement.solve import SolveOptions, solve_placement
 
     if workers < 1 or (jobs is not None and jobs < 1) or time_limit < 0:
         raise VibeError("--workers and --jobs must be at least 1, --time-limit at least 0")
     specs = parse_export_specs(export)
-    if not out.parent.is_dir():
-        raise VibeError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    check_writable(out, "--out")
     gp = load_gpu_profile(gpus)
     rp = load_routing_profile(routing)
     opts = SolveOptions(
@@ -86,6 +86,8 @@ def solve(
     with progress(quiet) as bar:
         result = solve_placement(gp, rp, opts, bar)
     wall = time.perf_counter() - start
+    for note in result.notes:
+        warn(note)
     result.placement.inputs = {
         "gpus_sha256": sha256_file(gpus),
         "routing_sha256": sha256_file(routing),
@@ -94,8 +96,11 @@ def solve(
     for name in ("eplb", "linear"):
         if name != method:
             others[name] = solve_placement(gp, rp, SolveOptions(name, redundant, nodes, groups))
+    # Render every export before writing anything, so a failure leaves no file behind.
+    texts = export_texts(result.placement, specs, rp.num_hidden_layers)
     save_placement(result.placement, out)
-    export_placement(result.placement, specs, rp.num_hidden_layers)
+    for (_, path), text in zip(specs, texts, strict=True):
+        atomic_write(path, text)
     console.print(solve_table(result, others, wall))
     console.print(f"wrote {out}" + "".join(f", {p}" for _, p in specs))
 
@@ -115,13 +120,13 @@ def evaluate(
     to the lower bound; which GPUs are the stragglers how often.
     """
     from vibe_plan.artifacts import load_gpu_profile, load_placement, load_routing_profile
-    from vibe_plan.artifacts.io import atomic_write
+    from vibe_plan.artifacts.io import atomic_write, check_writable
     from vibe_plan.console import console, warn
     from vibe_plan.placement.evaluate import score, scores_frame
     from vibe_plan.placement.report import evaluate_table
 
-    if csv is not None and not csv.parent.is_dir():
-        raise VibeError(f"--csv {csv}: folder {csv.parent} does not exist; create it first")
+    if csv is not None:
+        check_writable(csv, "--csv")
     gp = load_gpu_profile(gpus)
     rp = load_routing_profile(routing)
     scores = []

@@ -80,6 +80,8 @@ def local_search(
     that brings both GPUs below the current maximum. Each move lowers the sorted vector of GPU
     times, so the search ends."""
     item_gpu = item_gpu.copy()
+    if num_gpus < 2:
+        return item_gpu
     idx = np.arange(len(item_gpu))
     E = int(item_expert.max()) + 1
     for _ in range(max_rounds):

@@ -51,6 +51,7 @@ class SolveResult:
     shape: Shape
     status: list[str] = field(default_factory=list)  # per layer, vibe only
     heuristic_us: list[float] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # decisions the user should hear about
 
 
 def resolve_shape(gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions) -> Shape:
@@ -75,7 +76,13 @@ def resolve_shape(gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions)
             f"--groups {K} does not divide the routing profile's {E} experts; "
             "pass a divisor of the expert count (the model's n_group)"
         )
-    return Shape(G, E, P // G, N, K)
+    S = P // G
+    if opts.method == "vibe" and S > E:
+        raise VibeError(
+            f"{S} slots per GPU exceed the {E} experts, and vibe never puts two replicas of one "
+            f"expert on a GPU; use --redundant at most {G * E - E}"
+        )
+    return Shape(G, E, S, N, K)
 
 
 def solve_placement(
@@ -90,8 +97,23 @@ def solve_placement(
     L = routing.num_layers
     status: list[str] = []
     heur: list[float] = []
+    notes: list[str] = []
     if opts.method == "vibe":
-        plans = _vibe_layers(load, curves, shape, opts, progress)
+        use_groups = opts.group_locality and shape.num_nodes > 1
+        if use_groups and shape.num_groups % shape.num_nodes:
+            use_groups = False
+            notes.append(
+                f"{shape.num_groups} expert groups do not divide over "
+                f"{shape.num_nodes} nodes: groups are not kept inside nodes"
+            )
+        elif use_groups and shape.num_experts // shape.num_nodes < shape.slots_per_gpu:
+            use_groups = False
+            notes.append(
+                f"a node's {shape.num_experts // shape.num_nodes} experts cannot fill "
+                f"{shape.slots_per_gpu} slots per GPU without two replicas on one GPU: "
+                "groups are not kept inside nodes"
+            )
+        plans = _vibe_layers(load, curves, shape, opts, use_groups, progress)
         phy2log = np.stack([p.phy2log for p in plans])
         bounds = np.array([p.lower_bound_us for p in plans])
         status = [p.status for p in plans]
@@ -120,7 +142,7 @@ def solve_placement(
             "imbalance": imbalance(times).tolist(),
         },
     )
-    return SolveResult(placement, shape, status, heur)
+    return SolveResult(placement, shape, status, heur, notes)
 
 
 def baseline_map(method: str, load: np.ndarray, shape: Shape) -> np.ndarray:
@@ -147,11 +169,10 @@ def _gpu_record(g) -> dict:
     return rec
 
 
-def _vibe_layers(load, curves, shape: Shape, opts: SolveOptions, progress) -> list[LayerPlan]:
+def _vibe_layers(
+    load, curves, shape: Shape, opts: SolveOptions, use_groups: bool, progress
+) -> list[LayerPlan]:
     settings = CpSatSettings(opts.time_limit, opts.workers, opts.seed)
-    use_groups = (
-        opts.group_locality and shape.num_nodes > 1 and shape.num_groups % shape.num_nodes == 0
-    )
     args = [(load[layer], curves, shape, settings, use_groups) for layer in range(load.shape[0])]
     # The heuristic is single-threaded and dominates; CP-SAT's threads only briefly overlap.
     jobs = opts.jobs or (os.cpu_count() or 1)
