@@ -30,7 +30,7 @@ demo: $(VENV)/.full
 	PATH=$(CURDIR)/$(BIN):$$PATH bash examples/demo.sh
 
 test: $(VENV)/.full
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -p no:cacheprovider
 
 lint: $(VENV)/.full
 	$(BIN)/ruff check .
