@@ -497,3 +497,15 @@ def test_solve_and_evaluate_import_no_torch(inputs):
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stdout, res.stdout
     assert json.loads((out / "p.json").read_text())["method"] == "vibe"
+
+
+def test_interleaved_hosts_are_reported(vibe, tmp_path):
+    """Nodes are blocks of the rank order; hosts that interleave get a warning, not silence."""
+    gpus = write_gpus(tmp_path / "g.yaml", [1.0, 1.1, 1.2, 1.3], hosts=["a", "b", "a", "b"])
+    routing = write_routing(tmp_path / "r.npz", skewed_counts(3, 2, 8))
+    r = vibe(*solve_args(gpus, routing, tmp_path / "p.json"))
+    assert r.code == 0, r.err
+    assert "blocks" in r.err and "warning" in r.err
+    write_gpus(gpus, [1.0, 1.1, 1.2, 1.3], hosts=["a", "a", "b", "b"])
+    r = vibe(*solve_args(gpus, routing, tmp_path / "q.json"))
+    assert r.code == 0 and "blocks" not in r.err

@@ -97,7 +97,7 @@ def solve_placement(
     L = routing.num_layers
     status: list[str] = []
     heur: list[float] = []
-    notes: list[str] = []
+    notes: list[str] = host_notes(gpus.hosts, shape.num_nodes)
     if opts.method == "vibe":
         use_groups = opts.group_locality and shape.num_nodes > 1
         if use_groups and shape.num_groups % shape.num_nodes:
@@ -143,6 +143,18 @@ def solve_placement(
         },
     )
     return SolveResult(placement, shape, status, heur, notes)
+
+
+def host_notes(hosts: list[str], num_nodes: int) -> list[str]:
+    """Nodes are taken as equal blocks of the profile's rank order; say so if hosts disagree."""
+    per_node = len(hosts) // num_nodes
+    blocks = [set(hosts[n * per_node : (n + 1) * per_node]) for n in range(num_nodes)]
+    if len(set(hosts)) != num_nodes or all(len(b) == 1 for b in blocks):
+        return []  # an explicit --nodes that differs from the hosts is the user's call
+    return [
+        f"GPU hosts do not form {num_nodes} blocks of {per_node} ranks in profile order; "
+        "nodes are taken as those blocks (check the EP rank order)"
+    ]
 
 
 def baseline_map(method: str, load: np.ndarray, shape: Shape) -> np.ndarray:
