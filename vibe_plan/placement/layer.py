@@ -34,7 +34,7 @@ def plan_layer(
     slots: int,
     settings: CpSatSettings,
     target_gap: float = 1e-3,
-    ils_iters: int = 10,
+    ils_iters: int = 100,
 ) -> LayerPlan:
     G = len(curves)
     logcnt = replica_counts(load, G * slots, curves, max_per_expert=G)
