@@ -3,7 +3,8 @@
 Inputs are SYNTHETIC (vibe_plan.synthetic: roofline curves, drawn per-GPU speeds, log-normal
 routing skew with per-batch drift). Plans use the first 75% of batches; "held-out" scores the rest.
 Prints a markdown table; ratios are against eplb computed in the same process.
-Usage: python benchmarks/solve_bench.py [--only NAME] [--batches 32]
+Usage: python benchmarks/solve_bench.py [--only NAME] [--batches 32] [--time-limit 0.1]
+                                        [--spreads 0,0.1]
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def speed_range(gpus) -> float:
     return float(t.max() / t.min())
 
 
-def run(inst: Instance, spread: float, batches: int, seed: int) -> dict:
+def run(inst: Instance, spread: float, batches: int, seed: int, time_limit: float) -> dict:
     gpus = synthetic_gpu_profile(inst.shape, inst.gpus, spread, seed=seed)
     routing = synthetic_routing(
         inst.experts,
@@ -66,7 +67,8 @@ def run(inst: Instance, spread: float, batches: int, seed: int) -> dict:
     results = {}
     for method in ("vibe", "eplb", "linear"):
         t0 = time.perf_counter()
-        res = solve_placement(gpus, plan, SolveOptions(method=method, redundant=inst.redundant))
+        opts = SolveOptions(method=method, redundant=inst.redundant, time_limit=time_limit)
+        res = solve_placement(gpus, plan, opts)
         wall = time.perf_counter() - t0
         pr = res.placement.predicted
         span = np.array(pr["makespan_us"])
@@ -97,6 +99,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="run instances whose name contains this")
     ap.add_argument("--batches", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-limit", type=float, default=0.1, help="CP-SAT budget, as in solve")
+    ap.add_argument("--spreads", default="0,0.1", help="comma-separated GPU speed spreads")
     args = ap.parse_args()
     cols = [
         "instance",
@@ -114,8 +118,8 @@ def main() -> None:
     for inst in INSTANCES:
         if args.only and args.only not in inst.name:
             continue
-        for spread in (0.0, 0.10):
-            r = run(inst, spread, args.batches, args.seed)
+        for spread in (float(x) for x in args.spreads.split(",")):
+            r = run(inst, spread, args.batches, args.seed, args.time_limit)
             cells = [r["instance"], r["spread"], f"{r['max/min']:.3f}"]
             cells += [f"{r[c]:.4f}" for c in cols[3:6]]
             cells += [f"{r['vibe worst layer gap']:.3%}", r["layers > 0.1%"]]
