@@ -26,3 +26,17 @@ def vibe(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return call
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """4 heterogeneous GPUs, 16 experts, 3 MoE layers (decoder layers 1..3 of 5)."""
+    from placement_inputs import SPEEDS, skewed_counts, write_gpus, write_routing
+
+    src = tmp_path / "in"
+    src.mkdir()
+    gpus = write_gpus(src / "gpus.yaml", SPEEDS)
+    routing = write_routing(src / "routing.npz", skewed_counts(8, 3, 16), num_hidden_layers=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    return gpus, routing, out

@@ -165,3 +165,15 @@ def solve_args(gpus: Path, routing: Path, out: Path, *extra: Any) -> list[str]:
         "1",
         *[str(x) for x in extra],
     ]
+
+
+SPEEDS = [1.0, 1.1, 1.2, 1.3]
+EXPORTS = ("sglang=s.json", "trtllm=t.yaml", "eplb=e.json")
+
+
+def export_args(folder: Path) -> list[str]:
+    out = []
+    for spec in EXPORTS:
+        fmt, name = spec.split("=")
+        out += ["--export", f"{fmt}={folder / name}"]
+    return out
