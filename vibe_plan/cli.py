@@ -34,7 +34,23 @@ def main(argv: list[str] | None = None) -> int:
     except VibeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        root = (e.name or "").split(".")[0]
+        if root not in _HEAVY:
+            raise
+        args = sys.argv[1:] if argv is None else argv
+        extra = "gpu" if "profile-gpus" in args else "routing"
+        print(
+            f"error: this command needs {root}, which the light core does not install; "
+            f"run: pip install 'vibe-plan[{extra}]'",
+            file=sys.stderr,
+        )
+        return 2
     return 0
+
+
+# Heavy dependencies of the profiling commands; solve and evaluate need none of them.
+_HEAVY = {"torch", "pynvml", "transformers", "safetensors", "tokenizers"}
 
 
 def run() -> None:
