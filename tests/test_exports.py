@@ -118,15 +118,15 @@ def _csv_rows(path):
 def test_evaluate_reads_every_export_with_the_same_scores(vibe, solved, method):
     gpus, routing, run = solved
     folder = run(method)
-    files = [folder / "p.json", folder / "s.json", folder / "e.json"]
+    files = [folder / "p.json", folder / "s.json", folder / "e.json", folder / "t.yaml"]
     r = vibe("evaluate", "--gpus", gpus, "--routing", routing, *files, "--csv", folder / "x.csv")
     assert r.code == 0, r.err
     rows = _csv_rows(folder / "x.csv")
     assert [row["placement"] for row in rows] == [str(f) for f in files]
-    assert [row["method"] for row in rows] == [method, "sglang-file", "eplb-file"]
+    assert [row["method"] for row in rows] == [method, "sglang-file", "eplb-file", "trtllm-file"]
     for key in ("batches", "mean_us", "p50_us", "p95_us", "imbalance", "above_bound"):
-        assert rows[0][key] == rows[1][key] == rows[2][key], key
-    assert rows[1]["vs_first"] == rows[2]["vs_first"] == "1.0"
+        assert len({row[key] for row in rows}) == 1, key
+    assert rows[1]["vs_first"] == rows[2]["vs_first"] == rows[3]["vs_first"] == "1.0"
 
 
 def test_export_rejects_layer_beyond_model(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from vibe_plan.artifacts.io import atomic_write, require_file
 from vibe_plan.errors import VibeError
@@ -120,11 +121,16 @@ def save_placement(p: Placement, path: str | Path) -> None:
     atomic_write(path, dump_placement(p))
 
 
-def _read_json(path: Path, what: str) -> Any:
+def _read_doc(path: Path, what: str) -> Any:
+    """JSON, or YAML for .yaml/.yml files (TensorRT-LLM's load-balancer file)."""
     try:
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_load(path.read_text())
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VibeError(f"{path}: not valid JSON ({e}); is this a {what}?")
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        raise VibeError(f"{path}: not valid {kind} ({first}); is this a {what}?")
 
 
 def _int_map(path: Path, key: str, value: Any) -> np.ndarray:
@@ -143,16 +149,17 @@ def load_placement(
     layer_ids: list[int] | None = None,
     num_experts: int | None = None,
 ) -> tuple[Placement, list[str]]:
-    """Read a vibe placement, an SGLang init-expert-location JSON or an EPLB-style JSON.
+    """Read a vibe placement, an SGLang init-expert-location JSON, a TensorRT-LLM load-balancer
+    YAML or an EPLB-style JSON.
 
     Engine files carry no GPU count or layer ids: `num_gpus` and `layer_ids` (from the GPU and
     routing profiles) fill them in; SGLang rows are per decoder layer and get picked by `layer_ids`.
     Returns the placement and warnings.
     """
     path = require_file(path, "placement")
-    raw = _read_json(path, "placement file")
+    raw = _read_doc(path, "placement file")
     if not isinstance(raw, dict):
-        raise VibeError(f"{path}: top level must be a JSON object")
+        raise VibeError(f"{path}: top level must be a mapping (JSON object)")
     if raw.get("schema") == PLACEMENT_SCHEMA:
         return _from_vibe(path, raw, num_gpus, layer_ids, num_experts)
     if "schema" in raw:
@@ -171,9 +178,21 @@ def load_placement(
     elif "phy2log" in raw:
         method = "eplb-file"
         m = _int_map(path, "phy2log", raw["phy2log"])
+    elif "initial_global_assignments" in raw:
+        method = "trtllm-file"
+        assign = raw["initial_global_assignments"]
+        if not isinstance(assign, dict) or layer_ids is None:
+            raise VibeError(f"{path}: initial_global_assignments must map decoder layers to rows")
+        missing = [layer for layer in layer_ids if layer not in assign]
+        if missing:
+            raise VibeError(
+                f"{path}: initial_global_assignments lacks decoder layers {missing[:5]}"
+            )
+        m = _int_map(path, "initial_global_assignments", [assign[x] for x in layer_ids])
     else:
         raise VibeError(
-            f"{path}: unknown placement format: expected schema {PLACEMENT_SCHEMA!r}, "
+            f"{path}: unknown placement format: expected schema {PLACEMENT_SCHEMA!r}, a "
+            "TensorRT-LLM file with initial_global_assignments, "
             "an SGLang file with only physical_to_logical_map, or one with phy2log"
         )
     if num_gpus is None:
