@@ -35,6 +35,7 @@ test: $(VENV)/.full
 lint: $(VENV)/.full
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy vibe_plan
 
 bench: $(VENV)/.full
 	$(BIN)/python benchmarks/solve_bench.py

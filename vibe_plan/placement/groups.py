@@ -44,10 +44,10 @@ def groups_to_nodes(
                 if max(na, nb) < best[0] * (1 - 1e-12):
                     best = (max(na, nb), int(i), int(j))
         if best[1] >= 0:
-            i, j = best[1], best[2]
-            b = node_of[j]
-            total[a] += weight[j] - weight[i]
-            total[b] += weight[i] - weight[j]
-            node_of[i], node_of[j] = b, a
+            gi, gj = best[1], best[2]
+            b = node_of[gj]
+            total[a] += weight[gj] - weight[gi]
+            total[b] += weight[gi] - weight[gj]
+            node_of[gi], node_of[gj] = b, a
             improved = True
     return [sorted(np.flatnonzero(node_of == n).tolist()) for n in range(num_nodes)]
