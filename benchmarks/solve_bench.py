@@ -41,6 +41,8 @@ INSTANCES = [
     Instance("qwen3-30b-a3b EP16+16", ExpertShape(2048, 768), 128, 8, 48, 0, None, 16, 16, 16384),
     Instance("deepseek-v3 EP32+32", ExpertShape(7168, 2048), 256, 8, 58, 3, 8, 32, 32, 16384),
     Instance("deepseek-v3 EP64+64", ExpertShape(7168, 2048), 256, 8, 58, 3, 8, 64, 64, 32768),
+    # Decode-sized batches: ~64 tokens per expert, below the knee, where memory speed rules.
+    Instance("deepseek-v3 EP32+32 decode", ExpertShape(7168, 2048), 256, 8, 58, 3, 8, 32, 32, 2048),
 ]
 
 

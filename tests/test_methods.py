@@ -321,3 +321,20 @@ def test_solve_layer_improves_bad_hint_and_bounds_optimum():
     found = float((cost * res.expert_gpus).sum(axis=0).max())
     assert found <= opt * (1 + 2e-3) and found < hint_span
     assert res.bound_us <= opt * (1 + 1e-9)
+
+
+def test_flat_curves_replicate_and_pack_by_tokens():
+    """Below the knee every expert costs the floor: replicas then go to the hottest experts and
+    LPT balances tokens, as a token balancer would (batches spiking past the knee need that)."""
+    flat = [TimeCurve.from_points([1, 4096], [10.0, 10.0]) for _ in range(4)]
+    load = np.array([5.0, 50.0, 1.0, 40.0, 2.0, 3.0])
+    cnt = replica_counts(load, 8, flat, max_per_expert=4)
+    assert cnt.tolist() == [1, 2, 1, 2, 1, 1]
+    items = items_of(cnt)
+    p = expert_time(flat, (load / cnt)[items])
+    gpu = lpt(p, items, 4, 2, (load / cnt)[items])
+    tokens = np.bincount(gpu, weights=(load / cnt)[items], minlength=4)
+    unbalanced = lpt(p, items, 4, 2)
+    tokens_blind = np.bincount(unbalanced, weights=(load / cnt)[items], minlength=4)
+    assert tokens.max() <= tokens_blind.max()
+    assert tokens.max() - tokens.min() < 20

@@ -28,7 +28,9 @@ def replica_counts(
     for _ in range(num_slots - E):
         per_replica = mean_curve(load / logcnt)
         per_replica[logcnt >= max_per_expert] = -1.0
-        logcnt[int(np.argmax(per_replica))] += 1
+        # Below the knee every replica costs the same floor: then the most tokens per replica wins.
+        tied = per_replica >= per_replica.max() * (1 - 1e-12)
+        logcnt[int(np.argmax(np.where(tied, load / logcnt, -1.0)))] += 1
     return logcnt
 
 
@@ -37,24 +39,32 @@ def items_of(logcnt: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(logcnt)), logcnt)
 
 
-def lpt(p: np.ndarray, item_expert: np.ndarray, num_gpus: int, slots: int) -> np.ndarray:
+def lpt(
+    p: np.ndarray,
+    item_expert: np.ndarray,
+    num_gpus: int,
+    slots: int,
+    item_tokens: np.ndarray | None = None,
+) -> np.ndarray:
     """Heaviest item first, each to the GPU where it would finish earliest, keeping enough GPUs
-    with free slots for the replicas still to come. -> item_gpu [items]."""
+    with free slots for the replicas still to come. Ties (items below the knee all cost the
+    weight-streaming floor) are broken by tokens, as a token balancer would, since batches that
+    spike past the knee make those tokens count. -> item_gpu [items]."""
     n = len(item_expert)
-    order = np.argsort(-p.mean(axis=1), kind="stable")
+    tokens = np.zeros(n) if item_tokens is None else item_tokens
+    order = np.lexsort((-tokens, -p.mean(axis=1)))
     finish = np.zeros(num_gpus)
+    gpu_tokens = np.zeros(num_gpus)
     free = np.full(num_gpus, slots)
     holds: list[set[int]] = [set() for _ in range(num_gpus)]
     item_gpu = np.full(n, -1, dtype=np.int64)
-    remaining = np.bincount(item_expert)
     for k, i in enumerate(order):
         e = int(item_expert[i])
-        remaining[e] -= 1
         later = item_expert[order[k + 1 :]]
         need_later = int(np.bincount(later).max()) if len(later) else 0
         cand = [g for g in range(num_gpus) if free[g] > 0 and e not in holds[g]]
         with_room = int((free > 0).sum())
-        cand.sort(key=lambda g: (finish[g] + p[i, g], g))
+        cand.sort(key=lambda g: (finish[g] + p[i, g], gpu_tokens[g], g))
         pick = next(
             (g for g in cand if free[g] > 1 or with_room - 1 >= need_later),
             max(cand, key=lambda g: (free[g], -g)) if cand else -1,
@@ -63,6 +73,7 @@ def lpt(p: np.ndarray, item_expert: np.ndarray, num_gpus: int, slots: int) -> np
             raise RuntimeError("LPT ran out of feasible GPUs")  # not reachable: slots >= items
         item_gpu[i] = pick
         finish[pick] += p[i, pick]
+        gpu_tokens[pick] += tokens[i]
         free[pick] -= 1
         holds[pick].add(e)
     return item_gpu

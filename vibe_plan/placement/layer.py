@@ -42,7 +42,8 @@ def plan_layer(
     cost = expert_time(curves, load / logcnt)  # [E, G], one replica of e on g
     p = cost[item_expert]
     # Cheapest first: single swaps, then the bounds, then double swaps and kicks only if needed.
-    item_gpu = local_search(p, item_expert, lpt(p, item_expert, G, slots), G, doubles=False)
+    first = lpt(p, item_expert, G, slots, (load / logcnt)[item_expert])
+    item_gpu = local_search(p, item_expert, first, G, doubles=False)
     makespan = float(gpu_finish(p, item_gpu, G).max())
     bound = lower_bound(p, slots)
     status = "bound"
