@@ -54,6 +54,7 @@ def lp_bound(cost: np.ndarray, logcnt: np.ndarray, slots_per_gpu: int) -> float:
     from ortools.linear_solver import pywraplp
 
     E, G = cost.shape
+    scale = float(cost.max()) or 1.0  # GLOP is happier with coefficients near 1
     solver = pywraplp.Solver.CreateSolver("GLOP")
     x = [[solver.NumVar(0.0, 1.0, "") for _ in range(G)] for _ in range(E)]
     T = solver.NumVar(0.0, solver.infinity(), "T")
@@ -68,10 +69,10 @@ def lp_bound(cost: np.ndarray, logcnt: np.ndarray, slots_per_gpu: int) -> float:
         time.SetCoefficient(T, -1.0)
         for e in range(E):
             slots.SetCoefficient(x[e][g], 1.0)
-            time.SetCoefficient(x[e][g], float(cost[e, g]))
+            time.SetCoefficient(x[e][g], float(cost[e, g]) / scale)
     solver.Objective().SetCoefficient(T, 1.0)
     solver.Objective().SetMinimization()
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
         return 0.0
     # GLOP's tolerances are ~1e-7 relative; shave that off so the bound stays valid.
-    return float(T.solution_value()) * (1 - 1e-6)
+    return float(T.solution_value()) * scale * (1 - 1e-6)
