@@ -8,10 +8,14 @@ Usage: python benchmarks/gap_probe.py [--layers 3] [--seconds 20]
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from solve_bench import INSTANCES
+
+sys.path.insert(0, str(Path(__file__).parent))
+from solve_bench import INSTANCES  # noqa: E402
 
 from vibe_plan.placement.bounds import lp_bound
 from vibe_plan.placement.cost import curves_of, expert_time
