@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 from vibe_plan.console import warn
 from vibe_plan.errors import VibeError
 from vibe_plan.routing.importers import EngineDump
+from vibe_plan.routing.traces import json_lines
 
 
 def read_vllm(source: Path, num_experts: int | None, batch_tokens: int) -> EngineDump:
@@ -77,22 +77,15 @@ def _npy_file(path: Path) -> np.ndarray:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, np.ndarray]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VibeError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            found = list(_find(obj))
-            if not found:
-                raise VibeError(
-                    f'{path}:{n}: no "routed_experts" field (start vLLM with '
-                    "--enable-return-routed-experts)"
-                )
-            for value in found:
-                yield f"{path}:{n}", _decode(value, f"{path}:{n}")
+    for n, obj in json_lines(path):
+        found = list(_find(obj))
+        if not found:
+            raise VibeError(
+                f'{path}:{n}: no "routed_experts" field (start vLLM with '
+                "--enable-return-routed-experts)"
+            )
+        for value in found:
+            yield f"{path}:{n}", _decode(value, f"{path}:{n}")
 
 
 def _find(obj: Any) -> Iterator[Any]:

@@ -87,7 +87,7 @@ def _first_content_line(path: Path) -> str | None:
     return None
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -114,7 +114,7 @@ def _count(value: Any, path: Path, n: int, field: str, allow_zero: bool = True) 
 
 
 def _jsonl(path: Path) -> Iterator[Request]:
-    for n, obj in _json_lines(path):
+    for n, obj in json_lines(path):
         out = obj.get("output_len", obj.get("max_tokens"))
         out_len = _count(out, path, n, "output_len") if out is not None else None
         if isinstance(obj.get("prompt"), str) and obj["prompt"]:
@@ -179,7 +179,7 @@ def _burstgpt(path: Path) -> Iterator[Request]:
 
 
 def _mooncake(path: Path) -> Iterator[Request]:
-    for n, obj in _json_lines(path):
+    for n, obj in json_lines(path):
         if "input_length" not in obj:
             raise VibeError(f'{path}:{n}: a Mooncake line needs "input_length"')
         inp = _count(obj["input_length"], path, n, "input_length", allow_zero=False)
