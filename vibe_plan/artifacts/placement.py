@@ -45,10 +45,6 @@ class Placement:
             np.add.at(out[layer], self.phy2log[layer], 1)
         return out
 
-    def gpu_experts(self) -> np.ndarray:
-        """Logical expert in each slot as [L, G, S]."""
-        return self.phy2log.reshape(len(self.layer_ids), self.num_gpus, self.slots_per_gpu)
-
 
 def check_map(
     phy2log: np.ndarray, num_gpus: int, num_experts: int, where: str = "physical_to_logical_map"

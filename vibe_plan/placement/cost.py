@@ -48,21 +48,8 @@ def expert_time(curves: list[TimeCurve], per_replica_load: np.ndarray) -> np.nda
 
 
 def gpu_times(curves: list[TimeCurve], phy2log: np.ndarray, load: np.ndarray) -> np.ndarray:
-    """Per-GPU MoE time of every layer for one load matrix.
-
-    phy2log [L, P], load [L, E] (tokens per batch) -> time_us [L, G].
-    """
-    G = len(curves)
-    L, P = phy2log.shape
-    S = P // G
-    E = load.shape[1]
-    out = np.empty((L, G))
-    for layer in range(L):
-        cnt = np.bincount(phy2log[layer], minlength=E)
-        slot_load = (load[layer] / np.maximum(cnt, 1))[phy2log[layer]].reshape(G, S)
-        for g in range(G):
-            out[layer, g] = curves[g](slot_load[g]).sum()
-    return out
+    """Per-GPU MoE time of every layer for one load matrix: load [L, E] -> time_us [L, G]."""
+    return batch_gpu_times(curves, phy2log, load[None])[0]
 
 
 def batch_gpu_times(curves: list[TimeCurve], phy2log: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -78,11 +65,6 @@ def batch_gpu_times(curves: list[TimeCurve], phy2log: np.ndarray, counts: np.nda
         for g in range(G):
             out[:, layer, g] = curves[g](slot_load[:, g, :]).sum(axis=-1)
     return out
-
-
-def layer_makespan(curves: list[TimeCurve], phy2log: np.ndarray, load: np.ndarray) -> np.ndarray:
-    """Slowest GPU's time per layer, [L]."""
-    return gpu_times(curves, phy2log, load).max(axis=1)
 
 
 def imbalance(times: np.ndarray) -> np.ndarray:

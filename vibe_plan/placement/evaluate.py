@@ -10,8 +10,8 @@ from vibe_plan.artifacts.gpu_profile import GpuProfile
 from vibe_plan.artifacts.placement import Placement
 from vibe_plan.artifacts.routing_profile import RoutingProfile
 from vibe_plan.errors import VibeError
-from vibe_plan.placement.bounds import lower_bound
-from vibe_plan.placement.cost import batch_gpu_times, curves_of, expert_time
+from vibe_plan.placement.cost import batch_gpu_times, curves_of
+from vibe_plan.placement.solve import own_bound
 
 
 @dataclass
@@ -49,15 +49,16 @@ def check_compatible(p: Placement, gpus: GpuProfile, routing: RoutingProfile, na
 def batch_bounds(gpus: GpuProfile, p: Placement, counts: np.ndarray) -> np.ndarray:
     """Lower bound of each batch's forward time for this placement's replicas: [B]."""
     curves = curves_of(gpus)
-    cnt = p.logcnt()
     B, L, _ = counts.shape
-    out = np.zeros(B)
-    for layer in range(L):
-        row = p.phy2log[layer]
-        per_rep = counts[:, layer, :] / np.maximum(cnt[layer], 1)
-        cost = expert_time(curves, per_rep[:, row])  # [B, P, G]
-        out += [lower_bound(cost[b], p.slots_per_gpu) for b in range(B)]
-    return out
+    return np.array(
+        [
+            sum(
+                own_bound(curves, p.phy2log[layer], counts[b, layer], p.slots_per_gpu)
+                for layer in range(L)
+            )
+            for b in range(B)
+        ]
+    )
 
 
 def score(name: str, gpus: GpuProfile, routing: RoutingProfile, p: Placement) -> Score:
