@@ -170,3 +170,62 @@ def fleet_from_measured(
         f"curve measured on {src.name}; per-GPU spread SYNTHETIC (+-{spread:.0%}, seed {seed})"
     )
     return GpuProfile(expert=measured.expert, gpus=gpus, method=method)
+
+
+def varied_gpu_profile(
+    shape: ExpertShape,
+    num_gpus: int,
+    spread: float,
+    seed: int = 0,
+    gpus_per_node: int = 8,
+    outliers: int = 0,
+    outlier_slowdown: float = 1.3,
+    noise: float = 0.01,
+) -> GpuProfile:
+    """A fleet less regular than `synthetic_gpu_profile`, so that no result is tuned to one curve
+    family: the tile step (64 or 128 tokens) and its wave penalty, the launch overhead and the
+    memory-bound floor are drawn per fleet; compute and memory speed are drawn independently per
+    GPU; each point carries measurement noise (curves are not monotone, as measured ones are not);
+    `outliers` GPUs (at random ranks) are slowed by `outlier_slowdown` in compute and memory."""
+    rng = np.random.default_rng(seed)
+    tokens = np.array(SWEEP)
+    tile = int(rng.choice([64, 128]))
+    overhead = float(rng.uniform(2.0, 8.0))
+    tflops0 = float(rng.uniform(450.0, 750.0))
+    tbps0 = float(rng.uniform(2.0, 3.4))
+    slow = set(rng.choice(num_gpus, size=min(outliers, num_gpus), replace=False).tolist())
+    gpus = []
+    for g in range(num_gpus):
+        slow_compute = 1.0 + spread * rng.uniform(-1.0, 1.0)
+        slow_memory = 1.0 + spread * rng.uniform(-1.0, 1.0)
+        if g in slow:
+            slow_compute *= outlier_slowdown
+            slow_memory *= outlier_slowdown
+        t = roofline_time_us(
+            shape, tokens, tflops0 / slow_compute, tbps0 / slow_memory, overhead, tile
+        )
+        t = t * (1.0 + noise * rng.standard_normal(len(tokens)))
+        gpus.append(
+            GpuEntry(
+                id=g,
+                host=f"node{g // gpus_per_node}",
+                name="synthetic varied fleet (roofline with drawn shape and noise)",
+                curve=GpuCurve(tokens.tolist(), np.round(np.maximum(t, 0.1), 4).tolist()),
+                telemetry={
+                    "synthetic_compute_slowdown": round(slow_compute, 4),
+                    "synthetic_memory_slowdown": round(slow_memory, 4),
+                },
+            )
+        )
+    method = {
+        "backend": "synthetic-varied",
+        "experts_per_gpu": 8,
+        "repeats": 0,
+        "concurrent": False,
+        "spread": spread,
+        "seed": seed,
+        "tile": tile,
+        "outliers": sorted(slow),
+        "note": "SYNTHETIC: not measured; drawn curve shape, per-GPU speeds, noise, outliers",
+    }
+    return GpuProfile(expert=shape, gpus=gpus, method=method)
