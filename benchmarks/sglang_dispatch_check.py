@@ -136,20 +136,19 @@ def check_local(el) -> bool:
 
 def check_lp() -> bool:
     """`lp`: SGLang's LP matrices (LPLBSolver), its torch IPM reference, its post-processing."""
+    import sglang.kernels.ops.lplb.torch_solver as ts
     import sglang.srt.eplb.lplb_solver as lplb
     from sglang.test.kernels.lplb import solve_ipm_torch_reference
-
-    import sglang.kernels.ops.lplb.torch_solver as ts
 
     ts.warmup = lambda *a, **k: None
     rng = np.random.default_rng(2)
     ok = True
-    for name, rows, G, N in cases(2):
+    for name, rows, G, _N in cases(2):
         from vibe_plan.placement.eplb import make_log2phy
 
         E = int(rows.max()) + 1
         worst = 0.0
-        for h, row in enumerate(rows):
+        for _h, row in enumerate(rows):
             log2phy = make_log2phy(row[None], E)[0]
             solver = lplb.LPLBSolver(torch.tensor(row), torch.tensor(log2phy), G)
             counts = rng.multinomial(4096, rng.dirichlet(np.ones(E) * 0.7), size=3)
