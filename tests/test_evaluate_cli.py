@@ -11,6 +11,7 @@ from placement_inputs import skewed_counts, solve_args, write_gpus, write_routin
 
 from vibe_plan.artifacts import load_gpu_profile, load_placement, load_routing_profile
 from vibe_plan.placement.cost import batch_gpu_times, curves_of
+from vibe_plan.placement.dispatch import Dispatch, slot_tokens
 from vibe_plan.placement.evaluate import batch_bounds, score
 
 SPEEDS = [1.0, 1.3, 1.15, 1.45]
@@ -76,7 +77,7 @@ def test_scores_match_the_cost_model(plans):
         assert (s.straggler_share >= 0).all()
         slowest = times.argmax(axis=2).ravel()
         np.testing.assert_allclose(s.straggler_share, np.bincount(slowest, minlength=4) / 24)
-        bounds = batch_bounds(gp, p, rp.counts)
+        bounds = batch_bounds(gp, p, slot_tokens(p.phy2log, rp.counts, 4, Dispatch()))
         assert (bounds <= forward * (1 + 1e-9)).all()
 
 

@@ -30,6 +30,7 @@ class Placement:
     num_nodes: int = 1
     gpus: list[dict[str, Any]] = field(default_factory=list)
     method: str = "unknown"
+    dispatch: dict[str, Any] = field(default_factory=dict)  # the split `predicted` assumes
     predicted: dict[str, list[float]] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
 
@@ -91,6 +92,7 @@ def placement_to_dict(p: Placement) -> dict[str, Any]:
         "physical_to_logical_map": p.phy2log.astype(int).tolist(),
         "gpus": p.gpus,
         "method": p.method,
+        "dispatch": p.dispatch or {"rule": "even", "token_origin": "uniform"},
         "predicted": {k: [round(float(x), 3) for x in v] for k, v in p.predicted.items()},
         "inputs": p.inputs,
     }
@@ -253,6 +255,7 @@ def _from_vibe(
         num_nodes=int(raw.get("num_nodes", 1)),
         gpus=list(raw.get("gpus", [])),
         method=str(raw.get("method", "unknown")),
+        dispatch=dict(raw.get("dispatch", {})),
         predicted=dict(raw.get("predicted", {})),
         inputs=dict(raw.get("inputs", {})),
     )

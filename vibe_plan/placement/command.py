@@ -11,6 +11,19 @@ from vibe_plan.errors import VibeError
 
 GPUS_OPT = typer.Option(..., "--gpus", help="GPU profile (vibe.gpu-profile/v1 YAML).")
 ROUTING_OPT = typer.Option(..., "--routing", help="Routing profile (vibe.routing-profile/v1 .npz).")
+DISPATCH_OPT = typer.Option(
+    "even",
+    "--dispatch",
+    help="How the engine splits an expert's tokens over its replicas: even (n/r: SGLang "
+    "dynamic without an a2a backend, TensorRT-LLM, vLLM), static (SGLang static, the default "
+    "with DeepEP), local (SGLang dynamic with DeepEP), lp (SGLang lp, per batch).",
+)
+ORIGIN_OPT = typer.Option(
+    "uniform",
+    "--token-origin",
+    help="static/local: share of the tokens each EP rank routes: uniform (DP attention, "
+    "balanced), or comma-separated weights per rank or per node.",
+)
 
 
 def solve(
@@ -58,6 +71,8 @@ def solve(
     export: list[str] = typer.Option(
         [], "--export", help="FORMAT=PATH, repeatable; formats sglang, trtllm, eplb."
     ),
+    dispatch: str = DISPATCH_OPT,
+    token_origin: str = ORIGIN_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Plan expert placement: heavy experts on fast GPUs, with a certified gap to optimal.
@@ -70,17 +85,30 @@ def solve(
     from vibe_plan.console import console, progress, warn
     from vibe_plan.export import parse_export_specs
     from vibe_plan.export.engines import export_texts
+    from vibe_plan.placement.dispatch import Dispatch, origin_shares
     from vibe_plan.placement.report import solve_table
-    from vibe_plan.placement.solve import SolveOptions, solve_placement
+    from vibe_plan.placement.solve import SolveOptions, resolve_nodes, solve_placement
 
     if workers < 1 or (jobs is not None and jobs < 1) or time_limit < 0:
         raise VibeError("--workers and --jobs must be at least 1, --time-limit at least 0")
     specs = parse_export_specs(export)
     check_writable(out, "--out")
+    Dispatch(dispatch)  # an unknown rule fails before any file is read
     gp = load_gpu_profile(gpus)
     rp = load_routing_profile(routing)
+    origin = origin_shares(token_origin, gp.num_gpus, resolve_nodes(gp, nodes))
     opts = SolveOptions(
-        method, redundant, nodes, groups, group_locality, time_limit, workers, seed, jobs
+        method,
+        redundant,
+        nodes,
+        groups,
+        group_locality,
+        time_limit,
+        workers,
+        seed,
+        jobs,
+        dispatch,
+        origin,
     )
     start = time.perf_counter()
     with progress(quiet) as bar:
@@ -95,7 +123,10 @@ def solve(
     others = {}
     for name in ("eplb", "linear"):
         if name != method:
-            others[name] = solve_placement(gp, rp, SolveOptions(name, redundant, nodes, groups))
+            base = SolveOptions(
+                name, redundant, nodes, groups, dispatch=dispatch, token_origin=origin
+            )
+            others[name] = solve_placement(gp, rp, base)
     # Render every export before writing anything, so a failure leaves no file behind.
     texts = export_texts(result.placement, specs, rp.num_hidden_layers)
     save_placement(result.placement, out)
@@ -113,6 +144,11 @@ def evaluate(
     gpus: Path = GPUS_OPT,
     routing: Path = ROUTING_OPT,
     csv: Path | None = typer.Option(None, "--csv", help="Also write the table as CSV."),
+    dispatch: str = DISPATCH_OPT,
+    token_origin: str = ORIGIN_OPT,
+    nodes: int | None = typer.Option(
+        None, "--nodes", help="Nodes (static/local); default: distinct hosts in the GPU profile."
+    ),
 ) -> None:
     """Score placements on each batch of a routing profile (use batches the plan did not see).
 
@@ -122,13 +158,18 @@ def evaluate(
     from vibe_plan.artifacts import load_gpu_profile, load_placement, load_routing_profile
     from vibe_plan.artifacts.io import atomic_write, check_writable
     from vibe_plan.console import console, warn
+    from vibe_plan.placement.dispatch import Dispatch, origin_shares
     from vibe_plan.placement.evaluate import score, scores_frame
     from vibe_plan.placement.report import evaluate_table
+    from vibe_plan.placement.solve import resolve_nodes
 
+    Dispatch(dispatch)
     if csv is not None:
         check_writable(csv, "--csv")
     gp = load_gpu_profile(gpus)
     rp = load_routing_profile(routing)
+    N = resolve_nodes(gp, nodes)
+    rule = Dispatch(dispatch, N, origin_shares(token_origin, gp.num_gpus, N), rp.num_hidden_layers)
     scores = []
     for path in placements:
         p, warnings = load_placement(
@@ -139,9 +180,9 @@ def evaluate(
                 f"{path}: {warnings[0]}"
                 + (f" (and {len(warnings) - 1} more layers)" if len(warnings) > 1 else "")
             )
-        scores.append(score(str(path), gp, rp, p))
+        scores.append(score(str(path), gp, rp, p, rule))
     frame = scores_frame(scores)
-    console.print(evaluate_table(frame))
+    console.print(evaluate_table(frame, rule.rule))
     if csv is not None:
         atomic_write(csv, frame.to_csv(index=False))
         console.print(f"wrote {csv}")

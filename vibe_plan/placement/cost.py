@@ -1,7 +1,8 @@
-"""The cost model of DESIGN.md: per-GPU expert time curves, and a plan's predicted MoE time.
+"""The cost model: per-GPU expert time curves, and a plan's predicted MoE time.
 
 `t_g(n)`: piecewise-linear through the measured points, made non-decreasing, `t_g(0) = 0`, linear
-past the last point. An expert with `r` replicas sends `n / r` tokens to each.
+past the last point. An expert's tokens reach its replicas by the engine's dispatch rule
+(`dispatch.py`; `even`: n / r each).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from vibe_plan.artifacts.gpu_profile import GpuProfile
+from vibe_plan.placement.dispatch import Dispatch, slot_tokens
+
+EVEN = Dispatch()
 
 
 @dataclass(frozen=True)
@@ -47,24 +51,33 @@ def expert_time(curves: list[TimeCurve], per_replica_load: np.ndarray) -> np.nda
     return np.stack([c(per_replica_load) for c in curves], axis=-1)
 
 
-def gpu_times(curves: list[TimeCurve], phy2log: np.ndarray, load: np.ndarray) -> np.ndarray:
+def gpu_times(
+    curves: list[TimeCurve],
+    phy2log: np.ndarray,
+    load: np.ndarray,
+    dispatch: Dispatch = EVEN,
+    layer_ids: list[int] | None = None,
+) -> np.ndarray:
     """Per-GPU MoE time of every layer for one load matrix: load [L, E] -> time_us [L, G]."""
-    return batch_gpu_times(curves, phy2log, load[None])[0]
+    return batch_gpu_times(curves, phy2log, load[None], dispatch, layer_ids)[0]
 
 
-def batch_gpu_times(curves: list[TimeCurve], phy2log: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def batch_gpu_times(
+    curves: list[TimeCurve],
+    phy2log: np.ndarray,
+    counts: np.ndarray,
+    dispatch: Dispatch = EVEN,
+    layer_ids: list[int] | None = None,
+) -> np.ndarray:
     """Per-GPU MoE time for every batch: counts [B, L, E] -> time_us [B, L, G]."""
+    return slot_gpu_times(curves, slot_tokens(phy2log, counts, len(curves), dispatch, layer_ids))
+
+
+def slot_gpu_times(curves: list[TimeCurve], tokens: np.ndarray) -> np.ndarray:
+    """Tokens per physical slot [..., P] -> each GPU's time, the sum over its slots [..., G]."""
     G = len(curves)
-    B, L, E = counts.shape
-    S = phy2log.shape[1] // G
-    out = np.empty((B, L, G))
-    for layer in range(L):
-        cnt = np.bincount(phy2log[layer], minlength=E)
-        per_rep = counts[:, layer, :] / np.maximum(cnt, 1)
-        slot_load = per_rep[:, phy2log[layer]].reshape(B, G, S)
-        for g in range(G):
-            out[:, layer, g] = curves[g](slot_load[:, g, :]).sum(axis=-1)
-    return out
+    per_gpu = tokens.reshape(*tokens.shape[:-1], G, tokens.shape[-1] // G)
+    return np.stack([curves[g](per_gpu[..., g, :]).sum(axis=-1) for g in range(G)], axis=-1)
 
 
 def imbalance(times: np.ndarray) -> np.ndarray:

@@ -10,8 +10,9 @@ from vibe_plan.artifacts.gpu_profile import GpuProfile
 from vibe_plan.artifacts.placement import Placement
 from vibe_plan.artifacts.routing_profile import RoutingProfile
 from vibe_plan.errors import VibeError
-from vibe_plan.placement.cost import batch_gpu_times, curves_of
-from vibe_plan.placement.solve import own_bound
+from vibe_plan.placement.cost import EVEN, curves_of, slot_gpu_times
+from vibe_plan.placement.dispatch import Dispatch, slot_tokens
+from vibe_plan.placement.solve import slot_bound
 
 
 @dataclass
@@ -46,31 +47,38 @@ def check_compatible(p: Placement, gpus: GpuProfile, routing: RoutingProfile, na
         raise VibeError(f"{name}: placement's MoE layers differ from the routing profile's")
 
 
-def batch_bounds(gpus: GpuProfile, p: Placement, counts: np.ndarray) -> np.ndarray:
-    """Lower bound of each batch's forward time for this placement's replicas: [B]."""
+def batch_bounds(gpus: GpuProfile, p: Placement, tokens: np.ndarray) -> np.ndarray:
+    """Lower bound of each batch's forward time for this placement's slots with the tokens the
+    dispatch rule gives them: tokens [B, L, P] -> [B]."""
     curves = curves_of(gpus)
-    B, L, _ = counts.shape
+    B, L, _ = tokens.shape
     return np.array(
         [
-            sum(
-                own_bound(curves, p.phy2log[layer], counts[b, layer], p.slots_per_gpu)
-                for layer in range(L)
-            )
+            sum(slot_bound(curves, tokens[b, layer], p.slots_per_gpu) for layer in range(L))
             for b in range(B)
         ]
     )
 
 
-def score(name: str, gpus: GpuProfile, routing: RoutingProfile, p: Placement) -> Score:
+def score(
+    name: str,
+    gpus: GpuProfile,
+    routing: RoutingProfile,
+    p: Placement,
+    dispatch: Dispatch = EVEN,
+) -> Score:
+    """Per-batch forward time of `p` under `dispatch` (its rule, nodes and token origin)."""
     check_compatible(p, gpus, routing, name)
-    times = batch_gpu_times(curves_of(gpus), p.phy2log, routing.counts)  # [B, L, G]
+    lids = [int(x) for x in routing.layer_ids]
+    tokens = slot_tokens(p.phy2log, routing.counts, p.num_gpus, dispatch, lids)  # [B, L, P]
+    times = slot_gpu_times(curves_of(gpus), tokens)  # [B, L, G]
     span = times.max(axis=2)
     forward = span.sum(axis=1)
     mean_gpu = times.mean(axis=2)
     imb = np.where(mean_gpu > 0, span / np.where(mean_gpu > 0, mean_gpu, 1), 1.0)
     slowest = times.argmax(axis=2).ravel()
     share = np.bincount(slowest, minlength=p.num_gpus) / slowest.size
-    bounds = batch_bounds(gpus, p, routing.counts)
+    bounds = batch_bounds(gpus, p, tokens)
     above = float(np.mean(forward / np.maximum(bounds, 1e-12) - 1))
     return Score(
         name=name,

@@ -71,9 +71,10 @@ def solve_table(res: SolveResult, others: dict[str, SolveResult], wall_s: float)
     return t
 
 
-def evaluate_table(frame) -> Table:
+def evaluate_table(frame, rule: str = "even") -> Table:
     t = Table(
-        title="per-batch MoE time per forward (sum over layers of the slowest GPU)",
+        title="per-batch MoE time per forward (sum over layers of the slowest GPU), "
+        f"{rule} dispatch",
         title_justify="left",
     )
     heads = [

@@ -14,8 +14,15 @@ from vibe_plan.artifacts.routing_profile import RoutingProfile
 from vibe_plan.errors import VibeError
 from vibe_plan.placement.baselines import linear_map, round_robin_map, tile_layers
 from vibe_plan.placement.bounds import lower_bound
-from vibe_plan.placement.cost import TimeCurve, curves_of, expert_time, gpu_times, imbalance
+from vibe_plan.placement.cost import (
+    TimeCurve,
+    curves_of,
+    expert_time,
+    gpu_times,
+    imbalance,
+)
 from vibe_plan.placement.cpsat import CpSatSettings
+from vibe_plan.placement.dispatch import Dispatch, slot_tokens
 from vibe_plan.placement.eplb import rebalance_experts
 from vibe_plan.placement.groups import groups_to_nodes
 from vibe_plan.placement.layer import LayerPlan, plan_layer
@@ -34,6 +41,8 @@ class SolveOptions:
     workers: int = 2
     seed: int = 0
     jobs: int | None = None  # layer-parallel processes; default: one per core
+    dispatch: str = "even"  # the engine's rule for splitting an expert's tokens over replicas
+    token_origin: tuple[float, ...] | None = None  # share each EP rank originates; None: equal
 
 
 @dataclass(frozen=True)
@@ -67,9 +76,7 @@ def resolve_shape(gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions)
             f"{E} experts + {R} redundant = {P} slots do not divide over {G} GPUs; "
             f"use --redundant {near}"
         )
-    N = opts.nodes if opts.nodes is not None else len(dict.fromkeys(gpus.hosts))
-    if N <= 0 or G % N:
-        raise VibeError(f"{G} GPUs do not split evenly over {N} nodes; pass --nodes dividing {G}")
+    N = resolve_nodes(gpus, opts.nodes)
     K = opts.groups if opts.groups is not None else (routing.num_groups or 1)
     if K <= 0 or E % K:
         raise VibeError(
@@ -85,6 +92,15 @@ def resolve_shape(gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions)
     return Shape(G, E, S, N, K)
 
 
+def resolve_nodes(gpus: GpuProfile, nodes: int | None) -> int:
+    """--nodes, else the distinct hosts of the GPU profile; GPUs split evenly in rank order."""
+    G = gpus.num_gpus
+    N = nodes if nodes is not None else len(dict.fromkeys(gpus.hosts))
+    if N <= 0 or G % N:
+        raise VibeError(f"{G} GPUs do not split evenly over {N} nodes; pass --nodes dividing {G}")
+    return N
+
+
 def solve_placement(
     gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions, progress=None
 ) -> SolveResult:
@@ -95,6 +111,10 @@ def solve_placement(
     curves = curves_of(gpus)
     load = routing.mean_load()
     L = routing.num_layers
+    dispatch = Dispatch(
+        opts.dispatch, shape.num_nodes, opts.token_origin, routing.num_hidden_layers
+    )
+    layer_ids = [int(x) for x in routing.layer_ids]
     status: list[str] = []
     heur: list[float] = []
     notes: list[str] = host_notes(gpus.hosts, shape.num_nodes)
@@ -113,7 +133,17 @@ def solve_placement(
                 f"{shape.slots_per_gpu} slots per GPU without two replicas on one GPU: "
                 "groups are not kept inside nodes"
             )
-        plans = _vibe_layers(load, curves, shape, opts, use_groups, progress)
+        # Rank-local rules send a node's tokens to the first replica on that node: replicas on
+        # distinct nodes (or all on one, as with groups) keep the split the plan assumes.
+        spread = dispatch.rule in ("static", "local") and shape.num_nodes > 1 and not use_groups
+        node_slots = shape.slots_per_gpu * (shape.num_gpus // shape.num_nodes)
+        if spread and node_slots > shape.num_experts:
+            spread = False
+            notes.append(
+                f"a node's {node_slots} slots exceed the {shape.num_experts} experts, so some "
+                f"expert needs two replicas on one node: the {dispatch.rule} split will be uneven"
+            )
+        plans = _vibe_layers(load, curves, shape, opts, use_groups, spread, progress)
         phy2log = np.stack([p.phy2log for p in plans])
         bounds = np.array([p.lower_bound_us for p in plans])
         status = [p.status for p in plans]
@@ -126,16 +156,24 @@ def solve_placement(
                 for layer in range(L)
             ]
         )
-    times = gpu_times(curves, phy2log, load)
+    times = gpu_times(curves, phy2log, load, dispatch, layer_ids)
+    if dispatch.rule != "even":
+        # The certificate above is for the split the plan assumed; under another rule, bound
+        # the plan's own slots with the loads that rule gives them.
+        tokens = slot_tokens(phy2log, load[None], shape.num_gpus, dispatch, layer_ids)[0]
+        bounds = np.array(
+            [slot_bound(curves, tokens[layer], shape.slots_per_gpu) for layer in range(L)]
+        )
     placement = Placement(
         num_gpus=shape.num_gpus,
         slots_per_gpu=shape.slots_per_gpu,
         num_logical_experts=shape.num_experts,
-        layer_ids=[int(x) for x in routing.layer_ids],
+        layer_ids=layer_ids,
         phy2log=phy2log,
         num_nodes=shape.num_nodes,
         gpus=[_gpu_record(g) for g in gpus.gpus],
         method=opts.method,
+        dispatch=dispatch_record(dispatch),
         predicted={
             "makespan_us": times.max(axis=1).tolist(),
             "lower_bound_us": bounds.tolist(),
@@ -169,9 +207,20 @@ def baseline_map(method: str, load: np.ndarray, shape: Shape) -> np.ndarray:
 
 
 def own_bound(curves: list[TimeCurve], row: np.ndarray, load: np.ndarray, slots: int) -> float:
-    """Lower bound for the items (replicas) a plan chose."""
+    """Lower bound for the items (replicas) a plan chose, each with n / r tokens."""
     cnt = np.bincount(row, minlength=len(load))
-    return lower_bound(expert_time(curves, (load / np.maximum(cnt, 1))[row]), slots)
+    return slot_bound(curves, (load / np.maximum(cnt, 1))[row], slots)
+
+
+def slot_bound(curves: list[TimeCurve], tokens: np.ndarray, slots: int) -> float:
+    """Lower bound for a plan's slots with the tokens its dispatch rule gives them: [P]."""
+    return lower_bound(expert_time(curves, tokens), slots)
+
+
+def dispatch_record(d: Dispatch) -> dict:
+    """What the placement file says about the split its predictions assume."""
+    origin = "uniform" if d.origin is None else [round(x, 6) for x in d.origin]
+    return {"rule": d.rule, "token_origin": origin}
 
 
 def _gpu_record(g) -> dict:
@@ -182,10 +231,12 @@ def _gpu_record(g) -> dict:
 
 
 def _vibe_layers(
-    load, curves, shape: Shape, opts: SolveOptions, use_groups: bool, progress
+    load, curves, shape: Shape, opts: SolveOptions, use_groups: bool, spread: bool, progress
 ) -> list[LayerPlan]:
     settings = CpSatSettings(opts.time_limit, opts.workers, opts.seed)
-    args = [(load[layer], curves, shape, settings, use_groups) for layer in range(load.shape[0])]
+    args = [
+        (load[layer], curves, shape, settings, use_groups, spread) for layer in range(load.shape[0])
+    ]
     # The heuristic is single-threaded and dominates; CP-SAT's threads only briefly overlap.
     jobs = opts.jobs or (os.cpu_count() or 1)
     task = progress.add_task("solving layers", total=len(args)) if progress else None
@@ -205,7 +256,18 @@ def _vibe_layers(
 
 
 def _plan_one(args) -> LayerPlan:
-    load, curves, shape, settings, use_groups = args
+    load, curves, shape, settings, use_groups, spread = args
+    if spread:
+        per_node = shape.num_gpus // shape.num_nodes
+        node_of = np.arange(shape.num_gpus) // per_node
+        return plan_layer(
+            load,
+            curves,
+            shape.slots_per_gpu,
+            settings,
+            node_of=node_of,
+            max_per_expert=shape.num_nodes,
+        )
     if not use_groups:
         return plan_layer(load, curves, shape.slots_per_gpu, settings)
     return _plan_grouped(load, curves, shape, settings)
