@@ -148,3 +148,20 @@ def test_bad_rule_and_origin_are_user_errors():
         origin_shares("1,-1", 6, 2)
     with pytest.raises(VibeError, match="weights"):
         origin_shares("a,b", 6, 2)
+
+
+def test_too_many_draws_fall_back_to_their_expectation(monkeypatch):
+    import vibe_plan.placement.dispatch as dispatch
+
+    # Replicas 16 slots apart: never two on one GPU (3 slots each).
+    rows = np.stack([np.roll(np.arange(24) % 16, 5 * k) for k in range(4)])
+    d = Dispatch("static")
+    exact, ok = dispatch.rank_split(rows, 8, d, [0, 1, 2, 3])
+    assert ok and dispatch.split_note(rows, 8, d, [0, 1, 2, 3]) == ""
+    monkeypatch.setattr(dispatch, "MAX_DRAW_STEPS", 10)
+    monkeypatch.setattr(dispatch, "_SPLITS", {})
+    w, ok = dispatch.rank_split(rows, 8, d, [0, 1, 2, 3])
+    assert not ok and "expectation" in dispatch.split_note(rows, 8, d, [0, 1, 2, 3])
+    # On one node every rank either owns a replica or draws: the expectation is n/r.
+    np.testing.assert_allclose(w, even_shares(rows))
+    assert not np.allclose(exact, w)

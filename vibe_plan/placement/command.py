@@ -158,7 +158,7 @@ def evaluate(
     from vibe_plan.artifacts import load_gpu_profile, load_placement, load_routing_profile
     from vibe_plan.artifacts.io import atomic_write, check_writable
     from vibe_plan.console import console, warn
-    from vibe_plan.placement.dispatch import Dispatch, origin_shares
+    from vibe_plan.placement.dispatch import Dispatch, origin_shares, split_note
     from vibe_plan.placement.evaluate import score, scores_frame
     from vibe_plan.placement.report import evaluate_table
     from vibe_plan.placement.solve import resolve_nodes
@@ -181,6 +181,9 @@ def evaluate(
                 + (f" (and {len(warnings) - 1} more layers)" if len(warnings) > 1 else "")
             )
         scores.append(score(str(path), gp, rp, p, rule))
+        note = split_note(p.phy2log, p.num_gpus, rule, [int(x) for x in rp.layer_ids])
+        if note:
+            warn(f"{path}: {note}")
     frame = scores_frame(scores)
     console.print(evaluate_table(frame, rule.rule))
     if csv is not None:

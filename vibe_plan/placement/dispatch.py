@@ -28,6 +28,15 @@ STATIC_SEED = 42
 LP_ITERS = 5
 
 
+class DrawBudgetExceeded(Exception):
+    """The exact static tables would take longer than `MAX_DRAW_STEPS` generator steps."""
+
+
+# Exact static tables replay every rank's shuffles; past this many generator steps (2-3 s
+# on one core; EP128-sized eplb plans) the draws are taken at their expectation instead.
+MAX_DRAW_STEPS = 10_000_000
+
+
 @dataclass(frozen=True)
 class Dispatch:
     """A dispatch rule and what it needs to know about the deployment.
@@ -90,7 +99,12 @@ def decoder_map(phy2log: np.ndarray, layer_ids: list[int], num_hidden_layers: in
 
 
 def rank_choices(
-    rows: np.ndarray, num_gpus: int, num_nodes: int, fair: bool, seed: int = STATIC_SEED
+    rows: np.ndarray,
+    num_gpus: int,
+    num_nodes: int,
+    fair: bool,
+    seed: int = STATIC_SEED,
+    max_steps: int | None = None,
 ) -> list[dict[int, np.ndarray]]:
     """For every layer row and every replicated expert, the replica each EP rank sends to:
     [layer]{expert: slot per rank [G]}, with -1 where the rank draws evenly over all replicas
@@ -102,8 +116,10 @@ def rank_choices(
     so each rank's generator (seeded alike) advances only on the experts it must draw for, layer
     by layer, expert by expert: the replicas repeated as evenly as possible over the drawing
     ranks, a sample for the remainder, shuffled, and the rank takes its own position. The picks
-    of different ranks are therefore not balanced per replica, only in expectation."""
-    rngs = [random.Random(seed) for _ in range(num_gpus)] if fair else []
+    of different ranks are therefore not balanced per replica, only in expectation.
+    Raises DrawBudgetExceeded past `max_steps` generator steps."""
+    budget = MAX_DRAW_STEPS if max_steps is None else max_steps
+    streams = _Streams(seed, num_gpus, budget) if fair else None
     H, P = rows.shape
     S = P // num_gpus
     per_node = S * (num_gpus // num_nodes)
@@ -117,17 +133,60 @@ def rank_choices(
             slots = order[starts[e] : starts[e + 1]]  # ascending physical id
             pick = _nearest(slots, slots // S, slots // per_node, rank_node, num_nodes)
             rest = np.flatnonzero(pick < 0)
-            if fair and len(rest):
-                cand = [int(s) for s in slots]
-                whole, extra = divmod(len(rest), len(cand))
-                for pos, q in enumerate(rest):
-                    rng = rngs[q]
-                    drawn = cand * whole + rng.sample(cand, k=extra)
-                    rng.shuffle(drawn)
-                    pick[q] = drawn[pos]
+            if streams is not None and len(rest):
+                pick[rest] = streams.fair_draws(rest, [int(s) for s in slots])
             layer[int(e)] = pick
         out.append(layer)
     return out
+
+
+class _Streams:
+    """One `random.Random(seed)` per EP rank, as SGLang has, but ranks whose generators stand at
+    the same point share one object (a rank's draws depend only on where its generator stands),
+    so a draw made by many ranks alike is computed once per distinct state, not once per rank."""
+
+    def __init__(self, seed: int, num_ranks: int, max_steps: int):
+        self.state_of = np.zeros(num_ranks, dtype=np.int64)  # rank -> state id
+        self.states: dict[int, random.Random] = {0: random.Random(seed)}
+        self.steps_left = max_steps
+
+    def fair_draws(self, ranks: np.ndarray, cand: list[int]) -> np.ndarray:
+        """SGLang's fair choice for the drawing `ranks`: each builds the same list (replicas
+        repeated as evenly as possible, a sample for the rest), shuffles it with its own
+        generator and takes the entry at its own position among the drawing ranks."""
+        whole, extra = divmod(len(ranks), len(cand))
+        out = np.empty(len(ranks), dtype=np.int64)
+        for sid in np.unique(self.state_of[ranks]):
+            mine = self.state_of[ranks] == sid
+            self.steps_left -= len(ranks) + extra
+            if self.steps_left < 0:
+                raise DrawBudgetExceeded
+            rng = self.states[int(sid)]
+            if (self.state_of == sid).sum() > mine.sum():  # others stay where this state is
+                rng = random.Random()
+                rng.setstate(self.states[int(sid)].getstate())
+            drawn = cand * whole + rng.sample(cand, k=extra)
+            _shuffle(rng, drawn)
+            out[mine] = np.asarray(drawn)[np.flatnonzero(mine)]
+            new = max(self.states) + 1
+            self.states[new] = rng
+            self.state_of[ranks[mine]] = new
+            if not (self.state_of == sid).any():
+                del self.states[int(sid)]
+        return out
+
+
+def _shuffle(rng: random.Random, x: list) -> None:
+    """`random.Random.shuffle` step for step (Fisher-Yates from the end, each index drawn by
+    rejection from `getrandbits(bit_length)`), without its per-step call overhead."""
+    bits = rng.getrandbits
+    for i in range(len(x) - 1, 0, -1):
+        m = i + 1
+        k = m.bit_length()
+        j = bits(k)
+        while j >= m:
+            j = bits(k)
+        x[i], x[j] = x[j], x[i]
 
 
 def _nearest(slots, slot_gpu, slot_node, rank_node, num_nodes) -> np.ndarray:
@@ -153,8 +212,29 @@ def rank_shares(
 ) -> np.ndarray:
     """Share of each expert's tokens that each physical slot serves under a rank-local rule
     (`static`, `local`): [L, P], summing to 1 over an expert's replicas."""
+    return rank_split(phy2log, num_gpus, d, layer_ids)[0]
+
+
+# solve and evaluate ask for one plan's shares several times; the static draws are the costly
+# part, so the last few results are kept.
+_SPLITS: dict[tuple, tuple[np.ndarray, bool]] = {}
+
+
+def rank_split(
+    phy2log: np.ndarray, num_gpus: int, d: Dispatch, layer_ids: list[int]
+) -> tuple[np.ndarray, bool]:
+    """`rank_shares` and whether they are exact: False when the static draws were too many to
+    replay (MAX_DRAW_STEPS) and the drawing ranks were spread evenly, their expectation."""
+    key = (phy2log.tobytes(), phy2log.shape, num_gpus, d, tuple(layer_ids))
+    if key in _SPLITS:
+        return _SPLITS[key]
     rows, ids = decoder_map(phy2log, layer_ids, d.num_hidden_layers)
-    choices = rank_choices(rows, num_gpus, d.num_nodes, fair=d.rule == "static")
+    exact = True
+    try:
+        choices = rank_choices(rows, num_gpus, d.num_nodes, fair=d.rule == "static")
+    except DrawBudgetExceeded:
+        choices = rank_choices(rows, num_gpus, d.num_nodes, fair=False)
+        exact = False
     origin = np.full(num_gpus, 1.0 / num_gpus) if d.origin is None else np.asarray(d.origin)
     w = np.ones(phy2log.shape, dtype=float)
     for i, h in enumerate(ids):
@@ -163,9 +243,12 @@ def rank_shares(
             slots = np.flatnonzero(row == e)
             share = np.zeros(len(row))
             np.add.at(share, pick[pick >= 0], origin[pick >= 0])
-            share[slots] += origin[pick < 0].sum() / len(slots)  # `local`: an even draw
+            share[slots] += origin[pick < 0].sum() / len(slots)  # an even draw
             w[i, slots] = share[slots]
-    return w
+    if len(_SPLITS) >= 8:
+        _SPLITS.pop(next(iter(_SPLITS)))
+    _SPLITS[key] = (w, exact)
+    return w, exact
 
 
 def even_shares(phy2log: np.ndarray) -> np.ndarray:
@@ -242,6 +325,17 @@ def _normalise_per_expert(prob: np.ndarray, row: np.ndarray, E: int) -> np.ndarr
     total = np.bincount(row, weights=prob, minlength=E)
     cnt = np.bincount(row, minlength=E)
     return np.where(total[row] > 0, prob / np.where(total[row] > 0, total[row], 1), 1 / cnt[row])
+
+
+def split_note(phy2log: np.ndarray, num_gpus: int, d: Dispatch, layer_ids: list[int]) -> str:
+    """A line for the user when the static split of this plan is an expectation, else ''."""
+    if d.rule != "static" or rank_split(phy2log, num_gpus, d, layer_ids)[1]:
+        return ""
+    return (
+        f"static dispatch: replaying every rank's draws would take over {MAX_DRAW_STEPS:,} "
+        "generator steps, so the drawing ranks are spread evenly over the replicas (their "
+        "expectation); a single replica's real share may differ by a few percent"
+    )
 
 
 def slot_tokens(

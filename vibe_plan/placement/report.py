@@ -32,7 +32,8 @@ def solve_table(res: SolveResult, others: dict[str, SolveResult], wall_s: float)
     title = (
         f"{res.placement.method}: {s.num_experts} experts on {s.num_gpus} GPUs x "
         f"{s.slots_per_gpu} slots, {s.num_nodes} node(s), {s.num_groups} group(s), "
-        f"{len(res.placement.layer_ids)} MoE layers, solved in {wall_s:.2f} s"
+        f"{len(res.placement.layer_ids)} MoE layers, "
+        f"{res.placement.dispatch.get('rule', 'even')} dispatch, solved in {wall_s:.2f} s"
     )
     t = Table(title=title, title_justify="left")
     heads = [

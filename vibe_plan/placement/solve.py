@@ -22,7 +22,7 @@ from vibe_plan.placement.cost import (
     imbalance,
 )
 from vibe_plan.placement.cpsat import CpSatSettings
-from vibe_plan.placement.dispatch import Dispatch, slot_tokens
+from vibe_plan.placement.dispatch import Dispatch, slot_tokens, split_note
 from vibe_plan.placement.eplb import rebalance_experts
 from vibe_plan.placement.groups import groups_to_nodes
 from vibe_plan.placement.layer import LayerPlan, plan_layer
@@ -157,6 +157,7 @@ def solve_placement(
             ]
         )
     times = gpu_times(curves, phy2log, load, dispatch, layer_ids)
+    notes += [n for n in [split_note(phy2log, shape.num_gpus, dispatch, layer_ids)] if n]
     if dispatch.rule != "even":
         # The certificate above is for the split the plan assumed; under another rule, bound
         # the plan's own slots with the loads that rule gives them.
