@@ -47,10 +47,16 @@ def lower_bound(p: np.ndarray, slots_per_gpu: int) -> float:
     return max(work_bound(p), item_bound(p), cardinality_bound(p, slots_per_gpu))
 
 
-def lp_bound(cost: np.ndarray, logcnt: np.ndarray, slots_per_gpu: int) -> float:
+def lp_bound(
+    cost: np.ndarray,
+    logcnt: np.ndarray,
+    slots_per_gpu: int,
+    node_of: np.ndarray | None = None,
+) -> float:
     """LP relaxation of the placement model (GLOP): fractional x[e, g] in [0, 1], sum_g x = r_e,
-    S slots per GPU. Tighter than the analytic bounds when the GPUs' speed ranking changes along
-    the curve. cost [E, G] is one replica's time."""
+    S slots per GPU, and with `node_of` at most one replica per node. Tighter than the analytic
+    bounds when the GPUs' speed ranking changes along the curve. cost [E, G] is one replica's
+    time."""
     from ortools.linear_solver import pywraplp
 
     E, G = cost.shape
@@ -70,6 +76,16 @@ def lp_bound(cost: np.ndarray, logcnt: np.ndarray, slots_per_gpu: int) -> float:
         for e in range(E):
             slots.SetCoefficient(x[e][g], 1.0)
             time.SetCoefficient(x[e][g], float(cost[e, g]) / scale)
+    if node_of is not None:
+        labels = np.asarray(node_of)
+        for d in np.unique(labels):
+            members = np.flatnonzero(labels == d)
+            if len(members) < 2:
+                continue
+            for e in range(E):
+                ct = solver.Constraint(0.0, 1.0)
+                for g in members:
+                    ct.SetCoefficient(x[e][g], 1.0)
     solver.Objective().SetCoefficient(T, 1.0)
     solver.Objective().SetMinimization()
     if solver.Solve() != pywraplp.Solver.OPTIMAL:

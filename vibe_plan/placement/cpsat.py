@@ -36,8 +36,10 @@ def solve_layer(
     hint: np.ndarray,
     hint_makespan: float,
     settings: CpSatSettings,
+    node_of: np.ndarray | None = None,
 ) -> CpSatResult:
-    """cost [E, G] time of one replica of e on g; hint bool [E, G] a valid plan."""
+    """cost [E, G] time of one replica of e on g; hint bool [E, G] a valid plan. With `node_of`,
+    at most one replica of an expert per node."""
     from ortools.sat.python import cp_model
 
     E, G = cost.shape
@@ -53,6 +55,9 @@ def solve_layer(
         col = [x[e][g] for e in range(E)]
         model.add(sum(col) == slots)
         model.add(sum(int(p[e, g]) * x[e][g] for e in range(E)) <= T)
+    for members in _shared_domains(node_of):
+        for e in range(E):
+            model.add(sum(x[e][g] for g in members) <= 1)
     model.minimize(T)
     hint_T = int((p * hint).sum(axis=0).max())
     for e in range(E):
@@ -77,3 +82,12 @@ def solve_layer(
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         plan = np.array([[solver.value(x[e][g]) for g in range(G)] for e in range(E)], dtype=bool)
     return CpSatResult(plan, bound, name)
+
+
+def _shared_domains(node_of: np.ndarray | None) -> list[np.ndarray]:
+    """GPUs of each domain with more than one GPU (one-GPU domains add nothing to x <= 1)."""
+    if node_of is None:
+        return []
+    labels = np.asarray(node_of)
+    groups = [np.flatnonzero(labels == d) for d in np.unique(labels)]
+    return [m for m in groups if len(m) > 1]

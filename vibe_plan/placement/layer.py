@@ -18,6 +18,11 @@ from vibe_plan.placement.heuristic import (
     replica_counts,
 )
 
+# Above this many (expert, GPU) cells the GLOP LP takes seconds per layer (9 s at 256 x 256) and
+# CP-SAT cannot even finish its presolve in the default budget: the analytic bounds and the local
+# search are all that pay there. A size rule, not a clock, so plans stay reproducible.
+EXACT_MAX_CELLS = 16_384
+
 
 @dataclass(frozen=True)
 class LayerPlan:
@@ -35,32 +40,42 @@ def plan_layer(
     settings: CpSatSettings,
     target_gap: float = 1e-3,
     ils_iters: int = 100,
+    node_of: np.ndarray | None = None,
+    max_per_expert: int | None = None,
 ) -> LayerPlan:
+    """Plan one layer. `node_of[g]`: node of GPU g, when no node may hold two replicas of one
+    expert (default: each GPU its own node). `max_per_expert`: replica cap (default: G, or the
+    node count with `node_of`)."""
     G = len(curves)
-    logcnt = replica_counts(load, G * slots, curves, max_per_expert=G)
+    domains = G if node_of is None else len(np.unique(node_of))
+    cap = min(G if max_per_expert is None else max_per_expert, domains)
+    _check_fits(len(load), slots, curves, node_of)
+    logcnt = replica_counts(load, G * slots, curves, max_per_expert=cap)
     item_expert = items_of(logcnt)
     cost = expert_time(curves, load / logcnt)  # [E, G], one replica of e on g
     p = cost[item_expert]
     # Cheapest first: single swaps, then the bounds, then double swaps and kicks only if needed.
-    first = lpt(p, item_expert, G, slots, (load / logcnt)[item_expert])
-    item_gpu = local_search(p, item_expert, first, G, doubles=False)
+    first = lpt(p, item_expert, G, slots, (load / logcnt)[item_expert], node_of=node_of)
+    item_gpu = local_search(p, item_expert, first, G, doubles=False, node_of=node_of)
     makespan = float(gpu_finish(p, item_gpu, G).max())
     bound = lower_bound(p, slots)
     status = "bound"
-    if makespan > bound * (1 + target_gap):
-        bound = max(bound, lp_bound(cost, logcnt, slots))
+    exact = cost.size <= EXACT_MAX_CELLS
+    if makespan > bound * (1 + target_gap) and exact:
+        bound = max(bound, lp_bound(cost, logcnt, slots, node_of=node_of))
         status = "lp"
     if makespan > bound * (1 + target_gap):
-        item_gpu = local_search(p, item_expert, item_gpu, G)
+        item_gpu = local_search(p, item_expert, item_gpu, G, node_of=node_of)
+        target = bound * (1 + target_gap)
         item_gpu = iterated_local_search(
-            p, item_expert, item_gpu, G, bound * (1 + target_gap), ils_iters, seed=settings.seed
+            p, item_expert, item_gpu, G, target, ils_iters, seed=settings.seed, node_of=node_of
         )
         makespan = float(gpu_finish(p, item_gpu, G).max())
     start = makespan
     expert_gpus = np.zeros((len(load), G), dtype=bool)
     expert_gpus[item_expert, item_gpu] = True
-    if makespan > bound * (1 + target_gap) and settings.time_limit > 0:
-        res = solve_layer(cost, logcnt, slots, expert_gpus, makespan, settings)
+    if makespan > bound * (1 + target_gap) and settings.time_limit > 0 and exact:
+        res = solve_layer(cost, logcnt, slots, expert_gpus, makespan, settings, node_of=node_of)
         status = "cpsat-" + res.status.lower()
         bound = max(bound, min(res.bound_us, makespan))
         if res.expert_gpus is not None:
@@ -69,6 +84,21 @@ def plan_layer(
             if found < makespan:
                 makespan, expert_gpus = found, res.expert_gpus
     return LayerPlan(gpu_major(expert_gpus), makespan, bound, start, status)
+
+
+def _check_fits(num_experts: int, slots: int, curves: list, node_of: np.ndarray | None) -> None:
+    """A node's slots must hold distinct experts."""
+    if node_of is None:
+        return
+    node_of = np.asarray(node_of)
+    if len(node_of) != len(curves):
+        raise ValueError(f"node_of has {len(node_of)} entries for {len(curves)} GPUs")
+    biggest = int(np.unique(node_of, return_counts=True)[1].max())
+    if biggest * slots > num_experts:
+        raise ValueError(
+            f"a node of {biggest} GPUs x {slots} slots needs more than the {num_experts} experts "
+            "to hold no expert twice"
+        )
 
 
 def gpu_major(expert_gpus: np.ndarray) -> np.ndarray:

@@ -1,0 +1,228 @@
+"""The layer solver's core: node-level anti-affinity (no node holds two replicas of one expert),
+the exact feasibility check behind LPT, and that default plans stay what they were."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import numpy as np
+import pytest
+
+from vibe_plan.placement.bounds import lp_bound
+from vibe_plan.placement.cost import TimeCurve, expert_time
+from vibe_plan.placement.cpsat import CpSatSettings, solve_layer
+from vibe_plan.placement.heuristic import (
+    items_of,
+    iterated_local_search,
+    local_search,
+    lpt,
+    replica_counts,
+    rest_fits,
+)
+from vibe_plan.placement.layer import plan_layer
+
+BASE = np.array([4.0, 5.0, 8.0, 20.0, 70.0])
+
+
+def _curves(rng, G):
+    return [
+        TimeCurve.from_points([1, 16, 64, 256, 1024], f * BASE * rng.uniform(0.9, 1.1, 5))
+        for f in rng.uniform(1.0, 1.4, G)
+    ]
+
+
+def _check_domains(phy2log, node_of, E, S, logcnt=None):
+    G = len(node_of)
+    rows = phy2log.reshape(G, S)
+    assert sorted(set(phy2log.tolist())) == list(range(E)), "an expert is missing"
+    for n in np.unique(node_of):
+        held = rows[node_of == n].ravel()
+        assert len(set(held.tolist())) == len(held), f"node {n} holds an expert twice"
+    if logcnt is not None:
+        assert np.bincount(phy2log, minlength=E).tolist() == logcnt.tolist()
+
+
+def _random_node_instance(rng, tight):
+    N = int(rng.integers(2, 5))
+    per = int(rng.integers(1, 4))
+    G = N * per
+    S = int(rng.integers(1, 3)) if tight else int(rng.integers(1, 5))
+    # Tight: as few experts as a node's slots allow, so most experts need one replica per node.
+    lo = max(per * S, -(-G * S // N))
+    E = lo if tight else int(rng.integers(lo, G * S + 1))
+    node_of = np.repeat(np.arange(N), per)
+    if rng.random() < 0.5:
+        node_of = rng.permutation(node_of)  # nodes need not be contiguous rank blocks
+    return N, G, S, E, node_of
+
+
+@pytest.mark.parametrize("tight", [False, True])
+def test_plan_layer_with_nodes_is_valid(tight):
+    rng = np.random.default_rng(7 + tight)
+    for k in range(25):
+        N, G, S, E, node_of = _random_node_instance(rng, tight)
+        curves = _curves(rng, G)
+        load = rng.lognormal(5.0, 1.5, size=E)
+        settings = CpSatSettings(time_limit=(0.0, 0.02)[k % 2])
+        plan = plan_layer(load, curves, S, settings, node_of=node_of, max_per_expert=N)
+        assert plan.phy2log.shape == (G * S,)
+        cnt = np.bincount(plan.phy2log, minlength=E)
+        assert cnt.max() <= N
+        _check_domains(plan.phy2log, node_of, E, S, replica_counts(load, G * S, curves, N))
+        assert plan.lower_bound_us <= plan.makespan_us * (1 + 1e-9)
+        assert plan.makespan_us <= plan.heuristic_us * (1 + 1e-12)
+
+
+def test_heuristic_steps_keep_nodes_clean():
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        N, G, S, E, node_of = _random_node_instance(rng, tight=bool(rng.integers(2)))
+        load = rng.lognormal(5.0, 1.5, size=E)
+        curves = _curves(rng, G)
+        cnt = replica_counts(load, G * S, curves, max_per_expert=N)
+        ie = items_of(cnt)
+        p = expert_time(curves, load / cnt)[ie]
+        for item_gpu in _steps(p, ie, G, S, node_of):
+            assert np.bincount(item_gpu, minlength=G).tolist() == [S] * G
+            pairs = set(zip(ie.tolist(), node_of[item_gpu].tolist(), strict=True))
+            assert len(pairs) == len(ie), "two replicas of one expert on one node"
+
+
+def _steps(p, ie, G, S, node_of):
+    start = lpt(p, ie, G, S, node_of=node_of)
+    improved = local_search(p, ie, start, G, node_of=node_of)
+    kicked = iterated_local_search(p, ie, improved, G, 0.0, iters=10, seed=1, node_of=node_of)
+    return start, improved, kicked
+
+
+def test_identity_nodes_are_the_default():
+    """node_of = arange(G) (or any labels, one GPU each) is today's GPU rule: the same plan."""
+    rng = np.random.default_rng(3)
+    for k in range(8):
+        G, S = int(rng.integers(2, 7)), int(rng.integers(2, 5))
+        E = int(rng.integers(S, G * S + 1))
+        curves = _curves(rng, G)
+        load = rng.lognormal(5.0, 1.4, size=E)
+        settings = CpSatSettings(time_limit=0.02)
+        plain = plan_layer(load, curves, S, settings)
+        labels = np.arange(G) if k % 2 else rng.permutation(G) + 10
+        same = plan_layer(load, curves, S, settings, node_of=labels)
+        assert plain.phy2log.tolist() == same.phy2log.tolist()
+        assert plain.makespan_us == same.makespan_us
+        assert plain.lower_bound_us == same.lower_bound_us
+
+
+def test_default_heuristic_unchanged():
+    """Digest of replica counts, LPT, local search and ILS on fixed instances, recorded from the
+    code before node domains and the speed work: default plans must not drift."""
+    rng = np.random.default_rng(2024)
+    h = hashlib.sha256()
+    for _ in range(12):
+        G, S = int(rng.integers(2, 9)), int(rng.integers(1, 7))
+        E = int(rng.integers(S, G * S + 1))
+        curves = _curves(rng, G)
+        load = rng.lognormal(5.0, 1.3, size=E)
+        cnt = replica_counts(load, G * S, curves, max_per_expert=G)
+        ie = items_of(cnt)
+        p = expert_time(curves, load / cnt)[ie]
+        start = lpt(p, ie, G, S, (load / cnt)[ie])
+        single = local_search(p, ie, start, G, doubles=False)
+        double = local_search(p, ie, single, G)
+        kicked = iterated_local_search(p, ie, double, G, target=0.0, iters=20, seed=3)
+        for a in (cnt, start, single, double, kicked):
+            h.update(np.asarray(a, dtype=np.int64).tobytes())
+    assert h.hexdigest() == "83debf28c2f2c25c143e8c9fa06901f4adc9fdb6eb5a80d3fdc5dd7deb347fa0"
+
+
+def _fits_brute(cap, e_in, e, remaining):
+    """Place the remaining replicas one by one, every way: feasible or not."""
+    items = [x for x in range(len(remaining)) for _ in range(int(remaining[x]))]
+    held = {(x, d) for d in range(len(cap)) for x in ([e] if e_in[d] else [])}
+
+    def go(k, cap, held):
+        if k == len(items):
+            return all(c == 0 for c in cap)
+        x = items[k]
+        for d in range(len(cap)):
+            if cap[d] > 0 and (x, d) not in held:
+                cap[d] -= 1
+                held.add((x, d))
+                ok = go(k + 1, cap, held)
+                cap[d] += 1
+                held.discard((x, d))
+                if ok:
+                    return True
+        return False
+
+    return go(0, list(cap), held)
+
+
+def test_rest_fits_matches_brute_force():
+    rng = np.random.default_rng(5)
+    checked = {True: 0, False: 0}
+    for _ in range(300):
+        D = int(rng.integers(1, 4))
+        remaining = rng.integers(0, D + 1, size=int(rng.integers(1, 5)))
+        total = int(remaining.sum())
+        cap = np.bincount(rng.integers(0, D, size=total), minlength=D)
+        e = int(rng.integers(len(remaining)))
+        e_in = rng.random(D) < 0.3
+        want = _fits_brute(cap, e_in, e, remaining)
+        assert rest_fits(cap, e_in, e, remaining) == want
+        checked[want] += 1
+    assert min(checked.values()) > 20  # both answers exercised
+    # The dead end LPT's cheap look-ahead can walk into: 3 slots left on one GPU, 2 experts.
+    assert not rest_fits(np.array([3, 1]), np.array([False, False]), 0, np.array([0, 2, 2]))
+
+
+def test_lpt_second_pass_leaves_the_dead_end():
+    """Two heavy singles fit best together on GPU 0 (GPU 1 is slow for them), which leaves GPU 1
+    three slots for the two replicas of A and of B: only two distinct experts. The cheap look-ahead
+    walks into that; the exact pass does not."""
+    ie = np.array([0, 0, 1, 1, 2, 3])  # A, A, B, B, C, D
+    p = np.array([[0.5, 0.6], [0.5, 0.6], [0.4, 0.5], [0.4, 0.5], [10.0, 100.0], [1.0, 100.0]])
+    item_gpu = lpt(p, ie, 2, 3)
+    assert np.bincount(item_gpu, minlength=2).tolist() == [3, 3]
+    assert item_gpu[0] != item_gpu[1] and item_gpu[2] != item_gpu[3]
+    assert item_gpu[4] == 0  # the heaviest still goes where it is cheapest
+
+
+def test_lpt_escapes_dead_ends_of_the_look_ahead():
+    """Every order of a few heavy and light items on 2 GPUs: LPT always finds a valid plan."""
+    for loads in itertools.product([1.0, 5.0, 30.0], repeat=4):
+        load = np.array(loads)
+        cnt = np.array([2, 2, 1, 1])  # 6 items on 2 GPUs x 3 slots
+        ie = items_of(cnt)
+        p = np.stack([load[ie], 1.3 * load[ie]], axis=1)
+        item_gpu = lpt(p, ie, 2, 3)
+        assert np.bincount(item_gpu, minlength=2).tolist() == [3, 3]
+        assert len(set(zip(ie.tolist(), item_gpu.tolist(), strict=True))) == 6
+
+
+def test_node_rule_in_lp_and_cpsat():
+    """Two nodes of two GPUs: an expert with two replicas must use both nodes. The LP and CP-SAT
+    with nodes never beat the plain models, and CP-SAT's plan keeps the rule."""
+    rng = np.random.default_rng(9)
+    G, S = 4, 2
+    node_of = np.array([0, 0, 1, 1])
+    cost = rng.uniform(1.0, 10.0, size=(6, 1)) * rng.uniform(1.0, 1.3, size=(1, G))
+    logcnt = np.array([2, 2, 1, 1, 1, 1])
+    plain = lp_bound(cost, logcnt, S)
+    noded = lp_bound(cost, logcnt, S, node_of=node_of)
+    assert noded >= plain * (1 - 1e-9)
+    hint = np.zeros((6, G), dtype=bool)
+    for e, gpus in enumerate([(0, 2), (1, 3), (0,), (1,), (2,), (3,)]):
+        hint[e, list(gpus)] = True
+    span = float((cost * hint).sum(axis=0).max())
+    res = solve_layer(cost, logcnt, S, hint, span, CpSatSettings(1.0), node_of=node_of)
+    assert res.expert_gpus is not None
+    per_node = res.expert_gpus[:, :2].sum(axis=1), res.expert_gpus[:, 2:].sum(axis=1)
+    assert per_node[0].max() <= 1 and per_node[1].max() <= 1
+    assert res.bound_us <= float((cost * res.expert_gpus).sum(axis=0).max()) * (1 + 1e-9)
+
+
+def test_node_too_small_for_distinct_experts_is_refused():
+    curves = _curves(np.random.default_rng(0), 4)
+    with pytest.raises(ValueError, match="node"):
+        plan_layer(np.ones(3), curves, 2, CpSatSettings(), node_of=np.array([0, 0, 1, 1]))
