@@ -59,9 +59,9 @@ def solve(
     time_limit: float = typer.Option(
         0.1,
         "--time-limit",
-        help="CP-SAT budget per layer (and "
-        "node) in deterministic seconds, used only where the bounds "
-        "do not yet certify the plan; 0 turns CP-SAT off.",
+        help="CP-SAT budget per layer (its nodes share it under group locality) in "
+        "deterministic seconds, used only where the bounds do not yet certify the plan; "
+        "0 turns CP-SAT off.",
     ),
     workers: int = typer.Option(2, "--workers", help="CP-SAT workers (at least 2)."),
     seed: int = typer.Option(0, "--seed", help="Seed for CP-SAT and the local search."),
@@ -98,17 +98,17 @@ def solve(
     rp = load_routing_profile(routing)
     origin = origin_shares(token_origin, gp.num_gpus, resolve_nodes(gp, nodes))
     opts = SolveOptions(
-        method,
-        redundant,
-        nodes,
-        groups,
-        group_locality,
-        time_limit,
-        workers,
-        seed,
-        jobs,
-        dispatch,
-        origin,
+        method=method,
+        redundant=redundant,
+        nodes=nodes,
+        groups=groups,
+        group_locality=group_locality,
+        time_limit=time_limit,
+        workers=workers,
+        seed=seed,
+        jobs=jobs,
+        dispatch=dispatch,
+        token_origin=origin,
     )
     start = time.perf_counter()
     with progress(quiet) as bar:
@@ -124,7 +124,13 @@ def solve(
     for name in ("eplb", "linear"):
         if name != method:
             base = SolveOptions(
-                name, redundant, nodes, groups, dispatch=dispatch, token_origin=origin
+                name,
+                redundant,
+                nodes,
+                groups,
+                global_bound=False,  # the instance's bound is the same for every method
+                dispatch=dispatch,
+                token_origin=origin,
             )
             others[name] = solve_placement(gp, rp, base)
     # Render every export before writing anything, so a failure leaves no file behind.

@@ -40,6 +40,7 @@ def plan_layer(
     settings: CpSatSettings,
     target_gap: float = 1e-3,
     ils_iters: int = 100,
+    ils_patience: int | None = None,
     node_of: np.ndarray | None = None,
     max_per_expert: int | None = None,
 ) -> LayerPlan:
@@ -68,7 +69,15 @@ def plan_layer(
         item_gpu = local_search(p, item_expert, item_gpu, G, node_of=node_of)
         target = bound * (1 + target_gap)
         item_gpu = iterated_local_search(
-            p, item_expert, item_gpu, G, target, ils_iters, seed=settings.seed, node_of=node_of
+            p,
+            item_expert,
+            item_gpu,
+            G,
+            target,
+            ils_iters,
+            seed=settings.seed,
+            node_of=node_of,
+            patience=ils_patience,
         )
         makespan = float(gpu_finish(p, item_gpu, G).max())
     start = makespan

@@ -69,6 +69,14 @@ def solve_table(res: SolveResult, others: dict[str, SolveResult], wall_s: float)
             f"{within}/{len(gaps)} layers certified within 0.1%; bound from: {steps}; "
             "bounds are for each plan's own replicas"
         )
+    glob = res.placement.predicted.get("global_bound_us")
+    if glob:
+        low = float(np.sum(glob))
+        line = (
+            f"global bound (any replica counts, group map and split): {low:,.1f} us; "
+            f"{res.placement.method} is {base / max(low, 1e-12) - 1:.2%} above it"
+        )
+        t.caption = f"{t.caption}\n{line}" if t.caption else line
     return t
 
 

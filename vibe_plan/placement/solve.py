@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -24,8 +24,9 @@ from vibe_plan.placement.cost import (
 from vibe_plan.placement.cpsat import CpSatSettings
 from vibe_plan.placement.dispatch import Dispatch, slot_tokens, split_note
 from vibe_plan.placement.eplb import rebalance_experts
+from vibe_plan.placement.global_bound import global_bound
 from vibe_plan.placement.groups import groups_to_nodes
-from vibe_plan.placement.layer import LayerPlan, plan_layer
+from vibe_plan.placement.layer import EXACT_MAX_CELLS, LayerPlan, plan_layer
 
 METHODS = ("vibe", "eplb", "linear", "round_robin")
 
@@ -41,6 +42,7 @@ class SolveOptions:
     workers: int = 2
     seed: int = 0
     jobs: int | None = None  # layer-parallel processes; default: one per core
+    global_bound: bool = True  # also bound every layer over all replica counts and splits
     dispatch: str = "even"  # the engine's rule for splitting an expert's tokens over replicas
     token_origin: tuple[float, ...] | None = None  # share each EP rank originates; None: equal
 
@@ -143,13 +145,14 @@ def solve_placement(
                 f"a node's {node_slots} slots exceed the {shape.num_experts} experts, so some "
                 f"expert needs two replicas on one node: the {dispatch.rule} split will be uneven"
             )
-        plans = _vibe_layers(load, curves, shape, opts, use_groups, spread, progress)
+        plans, glob = _vibe_layers(load, curves, shape, opts, use_groups, spread, progress)
         phy2log = np.stack([p.phy2log for p in plans])
         bounds = np.array([p.lower_bound_us for p in plans])
         status = [p.status for p in plans]
         heur = [p.heuristic_us for p in plans]
     else:
         phy2log = baseline_map(opts.method, load, shape)
+        glob = [layer_global_bound(load[layer], curves, shape, opts) for layer in range(L)]
         bounds = np.array(
             [
                 own_bound(curves, phy2log[layer], load[layer], shape.slots_per_gpu)
@@ -178,6 +181,7 @@ def solve_placement(
         predicted={
             "makespan_us": times.max(axis=1).tolist(),
             "lower_bound_us": bounds.tolist(),
+            **({"global_bound_us": list(glob)} if opts.global_bound else {}),
             "imbalance": imbalance(times).tolist(),
         },
     )
@@ -233,27 +237,49 @@ def _gpu_record(g) -> dict:
 
 def _vibe_layers(
     load, curves, shape: Shape, opts: SolveOptions, use_groups: bool, spread: bool, progress
-) -> list[LayerPlan]:
+) -> tuple[list[LayerPlan], list[float]]:
     settings = CpSatSettings(opts.time_limit, opts.workers, opts.seed)
     args = [
-        (load[layer], curves, shape, settings, use_groups, spread) for layer in range(load.shape[0])
+        (load[layer], curves, shape, settings, use_groups, spread, opts)
+        for layer in range(load.shape[0])
     ]
     # The heuristic is single-threaded and dominates; CP-SAT's threads only briefly overlap.
     jobs = opts.jobs or (os.cpu_count() or 1)
     task = progress.add_task("solving layers", total=len(args)) if progress else None
-    out: list[LayerPlan] = []
+    out: list[tuple[LayerPlan, float]] = []
     if jobs > 1 and len(args) > 1:
         with ProcessPoolExecutor(max_workers=min(jobs, len(args))) as pool:
-            for plan in pool.map(_plan_one, args):
-                out.append(plan)
+            for res in pool.map(_layer_task, args):
+                out.append(res)
                 if progress:
                     progress.advance(task)
     else:
         for a in args:
-            out.append(_plan_one(a))
+            out.append(_layer_task(a))
             if progress:
                 progress.advance(task)
-    return out
+    return [plan for plan, _ in out], [bound for _, bound in out]
+
+
+def _layer_task(args) -> tuple[LayerPlan, float]:
+    load, curves, shape, settings, use_groups, spread, opts = args
+    plan = _plan_one((load, curves, shape, settings, use_groups, spread))
+    return plan, layer_global_bound(load, curves, shape, opts)
+
+
+def layer_global_bound(load: np.ndarray, curves, shape: Shape, opts: SolveOptions) -> float:
+    """Bound over every placement of the layer (any replica counts, group map and split); the
+    pooled LP only where it stays cheap, as for the own-replica LP."""
+    if not opts.global_bound:
+        return 0.0
+    small = shape.num_experts * shape.num_gpus <= EXACT_MAX_CELLS
+    return global_bound(
+        load,
+        curves,
+        shape.slots_per_gpu,
+        clusters=None if small else 0,
+        even_split=opts.dispatch == "even",
+    )
 
 
 def _plan_one(args) -> LayerPlan:
@@ -280,6 +306,8 @@ def _plan_grouped(load, curves, shape: Shape, settings: CpSatSettings) -> LayerP
     per_node = G // N
     group_size = shape.num_experts // K
     node_groups = groups_to_nodes(load, curves, K, N)
+    # The CP-SAT budget is per layer: its nodes share it.
+    settings = replace(settings, time_limit=settings.time_limit / N)
     rows, span, bound, start, statuses = [], 0.0, 0.0, 0.0, []
     for n in range(N):
         experts = np.concatenate(
