@@ -23,6 +23,11 @@ vibe evaluate --gpus $G --routing examples/routing-heldout.npz \
   --csv $OUT/evaluate.csv
 
 echo
+echo "== 2b. the same plans under SGLang's static dispatch (each EP rank sends to one replica)"
+vibe evaluate --gpus $G --routing examples/routing-heldout.npz \
+  $OUT/placement.json $OUT/eplb.json --dispatch static
+
+echo
 echo "== 3. profiling stages on a TINY RANDOM DeepSeek-V3-shaped model, on this CPU"
 python examples/make_tiny_model.py --out examples/tiny-model
 vibe profile-routing --model examples/tiny-model --trace examples/prompts.jsonl \

@@ -131,3 +131,45 @@ def test_bad_dispatch_options(vibe, two_nodes, tmp_path, args, message):
     assert not out.exists()
     r = vibe("evaluate", "--gpus", gpus, "--routing", held, plan, *args)
     assert r.code == 2 and message in r.err
+
+
+def test_refit_keeps_the_replicas_and_their_shares(two_nodes):
+    """The singles move around the replicas; the engine's tables, so every share, stay put."""
+    from vibe_plan.placement.cost import curves_of, gpu_times
+    from vibe_plan.placement.solve import (
+        SolveOptions,
+        refit_singles,
+        resolve_shape,
+        solve_placement,
+    )
+
+    gpus, plan, _ = two_nodes
+    gp, rp = load_gpu_profile(gpus), load_routing_profile(plan)
+    opts = SolveOptions(redundant=8, jobs=1, time_limit=0.05, group_locality=False)
+    m = solve_placement(gp, rp, opts).placement.phy2log  # planned for an even split
+    shape = resolve_shape(gp, rp, opts)
+    lids = rp.layer_ids.tolist()
+    d = Dispatch("static", 2, None, rp.num_hidden_layers)
+    curves, load = curves_of(gp), rp.mean_load()
+    new = refit_singles(m, load, curves, shape, d, lids, within_nodes=False)
+    assert_valid_map(new, 8, 16, 3)
+    for old_row, new_row in zip(m, new, strict=True):
+        for row in (old_row, new_row):
+            assert row.shape == (24,)
+        rep = np.bincount(old_row, minlength=16) > 1
+        for g in range(8):
+            old_block, new_block = old_row[3 * g : 3 * g + 3], new_row[3 * g : 3 * g + 3]
+            assert set(old_block[rep[old_block]]) == set(new_block[rep[new_block]])
+    old_w = rank_shares(m, 8, d, lids)
+    new_w = rank_shares(new, 8, d, lids)
+    for i in range(len(m)):
+        assert _replica_shares(m[i], old_w[i]) == pytest.approx(_replica_shares(new[i], new_w[i]))
+    before = gpu_times(curves, m, load, d, lids).max(axis=1)
+    after = gpu_times(curves, new, load, d, lids).max(axis=1)
+    assert (after <= before + 1e-9).all()
+
+
+def _replica_shares(row: np.ndarray, w: np.ndarray) -> dict:
+    """(expert, GPU) -> share, for the replicated experts of one layer (3 slots per GPU)."""
+    rep = np.bincount(row, minlength=16) > 1
+    return {(int(e), s // 3): float(w[s]) for s, e in enumerate(row) if rep[e]}

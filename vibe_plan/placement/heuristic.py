@@ -171,24 +171,26 @@ def local_search(
     doubles: bool = True,
     max_rounds: int = 10_000,
     node_of: np.ndarray | None = None,
+    frozen: np.ndarray | None = None,
 ) -> np.ndarray:
     """Swap items of the slowest GPU with items elsewhere, one for one or else two for two, while
     that brings both GPUs below the current maximum. Each move lowers the sorted vector of GPU
     times, so the search ends. Swaps inside a domain are always legal; across domains the moved
-    experts must not be in the target domain already."""
+    experts must not be in the target domain already. `frozen` items never move."""
     item_gpu = item_gpu.copy()
     if num_gpus < 2:
         return item_gpu
     dom = domains_of(node_of, num_gpus)
     idx = np.arange(len(item_gpu))
     E = int(item_expert.max()) + 1
+    fixed = np.zeros(len(item_gpu), dtype=bool) if frozen is None else np.asarray(frozen)
     for _ in range(max_rounds):
         finish = np.bincount(item_gpu, weights=p[idx, item_gpu], minlength=num_gpus)
         holds = np.zeros((int(dom.max()) + 1, E), dtype=bool)
         holds[dom[item_gpu], item_expert] = True
-        move = _best_single_swap(p, item_expert, item_gpu, finish, holds, dom)
+        move = _best_single_swap(p, item_expert, item_gpu, finish, holds, dom, fixed)
         if move is None and doubles:
-            move = _best_double_swap(p, item_expert, item_gpu, finish, holds, dom)
+            move = _best_double_swap(p, item_expert, item_gpu, finish, holds, dom, fixed)
         if move is None:
             break
         mine, theirs = move
@@ -197,7 +199,7 @@ def local_search(
     return item_gpu
 
 
-def _best_single_swap(p, item_expert, item_gpu, finish, holds, dom):
+def _best_single_swap(p, item_expert, item_gpu, finish, holds, dom, fixed):
     g = int(np.argmax(finish))
     top = finish[g]
     mine = np.flatnonzero(item_gpu == g)
@@ -209,6 +211,7 @@ def _best_single_swap(p, item_expert, item_gpu, finish, holds, dom):
     ea, eb = item_expert[mine][:, None], item_expert[others][None, :]
     dh = dom[h]
     legal = (ea != eb) & ((dh == dom[g])[None, :] | (~holds[dh[None, :], ea] & ~holds[dom[g]][eb]))
+    legal &= ~fixed[mine][:, None] & ~fixed[others][None, :]
     worse = np.where(legal, np.maximum(new_g, new_h), np.inf)
     a, b = np.unravel_index(int(np.argmin(worse)), worse.shape)
     if not worse[a, b] < top * (1 - 1e-9):
@@ -216,7 +219,7 @@ def _best_single_swap(p, item_expert, item_gpu, finish, holds, dom):
     return (mine[a],), (others[b],)
 
 
-def _best_double_swap(p, item_expert, item_gpu, finish, holds, dom):
+def _best_double_swap(p, item_expert, item_gpu, finish, holds, dom, fixed):
     """Best exchange of two items of the slowest GPU for two items of another GPU; every partner
     GPU at once. Ties go to the lowest partner GPU, then the first pairs."""
     G = len(finish)
@@ -238,6 +241,8 @@ def _best_double_swap(p, item_expert, item_gpu, finish, holds, dom):
     across = (dom != dom[g])[:, None]
     a_clash = (holds[:, item_expert[a1]] | holds[:, item_expert[a2]])[dom] & across  # [h, a]
     b_clash = (holds[dom[g], item_expert[b1]] | holds[dom[g], item_expert[b2]]) & across
+    a_clash |= (fixed[a1] | fixed[a2])[None, :]
+    b_clash |= fixed[b1] | fixed[b2]
     # Clashes as +inf penalties: broadcasting is far cheaper than a 3-D boolean mask.
     worse = np.maximum(new_g, new_h)
     worse += np.where(a_clash, np.inf, 0.0)[:, :, None]

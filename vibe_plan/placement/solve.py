@@ -22,11 +22,12 @@ from vibe_plan.placement.cost import (
     imbalance,
 )
 from vibe_plan.placement.cpsat import CpSatSettings
-from vibe_plan.placement.dispatch import Dispatch, slot_tokens, split_note
+from vibe_plan.placement.dispatch import Dispatch, rank_split, slot_tokens, split_note
 from vibe_plan.placement.eplb import rebalance_experts
 from vibe_plan.placement.global_bound import global_bound
 from vibe_plan.placement.groups import groups_to_nodes
 from vibe_plan.placement.layer import EXACT_MAX_CELLS, LayerPlan, plan_layer
+from vibe_plan.placement.polish import polish_layer
 
 METHODS = ("vibe", "eplb", "linear", "round_robin")
 
@@ -94,6 +95,33 @@ def resolve_shape(gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions)
     return Shape(G, E, S, N, K)
 
 
+def refit_singles(
+    phy2log: np.ndarray,
+    load: np.ndarray,
+    curves: list[TimeCurve],
+    shape: Shape,
+    d: Dispatch,
+    layer_ids: list[int],
+    within_nodes: bool,
+) -> np.ndarray:
+    """Swap single-replica experts around the replicas, priced with the rule's exact shares
+    (`polish.py`); a layer keeps its old row unless the new one is faster under the rule."""
+    G, S, N = shape.num_gpus, shape.slots_per_gpu, shape.num_nodes
+    shares = rank_split(phy2log, G, d, layer_ids)[0]
+    new = np.stack(
+        [
+            polish_layer(phy2log[i], shares[i], load[i], curves, S, N, within_nodes)
+            for i in range(len(phy2log))
+        ]
+    )
+    if (new == phy2log).all():
+        return phy2log
+    # Replicas did not move, so the engine's tables are the same: checked, not assumed.
+    before = gpu_times(curves, phy2log, load, d, layer_ids).max(axis=1)
+    after = gpu_times(curves, new, load, d, layer_ids).max(axis=1)
+    return np.where((after < before)[:, None], new, phy2log)
+
+
 def resolve_nodes(gpus: GpuProfile, nodes: int | None) -> int:
     """--nodes, else the distinct hosts of the GPU profile; GPUs split evenly in rank order."""
     G = gpus.num_gpus
@@ -147,6 +175,8 @@ def solve_placement(
             )
         plans, glob = _vibe_layers(load, curves, shape, opts, use_groups, spread, progress)
         phy2log = np.stack([p.phy2log for p in plans])
+        if dispatch.rule in ("static", "local"):
+            phy2log = refit_singles(phy2log, load, curves, shape, dispatch, layer_ids, use_groups)
         bounds = np.array([p.lower_bound_us for p in plans])
         status = [p.status for p in plans]
         heur = [p.heuristic_us for p in plans]
@@ -181,7 +211,7 @@ def solve_placement(
         predicted={
             "makespan_us": times.max(axis=1).tolist(),
             "lower_bound_us": bounds.tolist(),
-            **({"global_bound_us": list(glob)} if opts.global_bound else {}),
+            **({"global_bound_us": list(glob)} if any(glob) else {}),
             "imbalance": imbalance(times).tolist(),
         },
     )
@@ -270,7 +300,7 @@ def _layer_task(args) -> tuple[LayerPlan, float]:
 def layer_global_bound(load: np.ndarray, curves, shape: Shape, opts: SolveOptions) -> float:
     """Bound over every placement of the layer (any replica counts, group map and split); the
     pooled LP only where it stays cheap, as for the own-replica LP."""
-    if not opts.global_bound:
+    if not opts.global_bound or opts.method != "vibe":
         return 0.0
     small = shape.num_experts * shape.num_gpus <= EXACT_MAX_CELLS
     return global_bound(
