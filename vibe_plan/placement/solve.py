@@ -26,10 +26,11 @@ from vibe_plan.placement.dispatch import Dispatch, rank_split, slot_tokens, spli
 from vibe_plan.placement.eplb import rebalance_experts
 from vibe_plan.placement.global_bound import global_bound
 from vibe_plan.placement.groups import groups_to_nodes
-from vibe_plan.placement.layer import EXACT_MAX_CELLS, LayerPlan, plan_layer
+from vibe_plan.placement.layer import LayerPlan, plan_layer
 from vibe_plan.placement.polish import polish_layer
 
 METHODS = ("vibe", "eplb", "linear", "round_robin")
+GLOBAL_LP_MAX_CELLS = 4096  # (expert, GPU) cells up to which the global bound runs its LP
 
 
 @dataclass(frozen=True)
@@ -298,11 +299,11 @@ def _layer_task(args) -> tuple[LayerPlan, float]:
 
 
 def layer_global_bound(load: np.ndarray, curves, shape: Shape, opts: SolveOptions) -> float:
-    """Bound over every placement of the layer (any replica counts, group map and split); the
-    pooled LP only where it stays cheap, as for the own-replica LP."""
+    """Bound over every placement of the layer (any replica counts, group map and split); its
+    pooled LP (about 1% tighter than the analytic part, 5-10x its time) only on small layers."""
     if not opts.global_bound or opts.method != "vibe":
         return 0.0
-    small = shape.num_experts * shape.num_gpus <= EXACT_MAX_CELLS
+    small = shape.num_experts * shape.num_gpus <= GLOBAL_LP_MAX_CELLS
     return global_bound(
         load,
         curves,
