@@ -84,8 +84,8 @@ def lp_bound(
                 continue
             for e in range(E):
                 ct = solver.Constraint(0.0, 1.0)
-                for g in members:
-                    ct.SetCoefficient(x[e][g], 1.0)
+                for m in members.tolist():
+                    ct.SetCoefficient(x[e][m], 1.0)
     solver.Objective().SetCoefficient(T, 1.0)
     solver.Objective().SetMinimization()
     if solver.Solve() != pywraplp.Solver.OPTIMAL:

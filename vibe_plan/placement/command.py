@@ -59,7 +59,7 @@ def solve(
     time_limit: float = typer.Option(
         0.1,
         "--time-limit",
-        help="CP-SAT budget per layer (its nodes share it under group locality) in "
+        help="CP-SAT budget per layer (per node of a layer under group locality) in "
         "deterministic seconds, used only where the bounds do not yet certify the plan; "
         "0 turns CP-SAT off.",
     ),

@@ -22,7 +22,6 @@ from vibe_plan.placement.heuristic import (
 # CP-SAT cannot even finish its presolve in the default budget: the analytic bounds and the local
 # search are all that pay there. A size rule, not a clock, so plans stay reproducible.
 EXACT_MAX_CELLS = 16_384
-CPSAT_MAX_GAP = 3e-3  # CP-SAT runs only on layers whose gap after local search is below this
 
 
 @dataclass(frozen=True)
@@ -84,10 +83,7 @@ def plan_layer(
     start = makespan
     expert_gpus = np.zeros((len(load), G), dtype=bool)
     expert_gpus[item_expert, item_gpu] = True
-    # CP-SAT closes small gaps in its budget, never (on our benchmarks) ones several times the
-    # target: those layers keep the local search's plan and the LP's bound.
-    near = makespan <= bound * (1 + CPSAT_MAX_GAP)
-    if makespan > bound * (1 + target_gap) and settings.time_limit > 0 and exact and near:
+    if makespan > bound * (1 + target_gap) and settings.time_limit > 0 and exact:
         res = solve_layer(cost, logcnt, slots, expert_gpus, makespan, settings, node_of=node_of)
         status = "cpsat-" + res.status.lower()
         bound = max(bound, min(res.bound_us, makespan))
