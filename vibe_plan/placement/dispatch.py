@@ -59,10 +59,6 @@ class Dispatch:
                 f"unknown dispatch rule {self.rule!r}; choose one of {', '.join(RULES)}"
             )
 
-    @property
-    def per_batch(self) -> bool:
-        return self.rule == "lp"
-
 
 def origin_shares(spec: str, num_gpus: int, num_nodes: int) -> tuple[float, ...] | None:
     """`uniform` -> None; comma-separated weights, one per EP rank or one per node -> shares."""
