@@ -220,8 +220,9 @@ def _best_single_swap(p, item_expert, item_gpu, finish, holds, dom, fixed):
 
 
 def _best_double_swap(p, item_expert, item_gpu, finish, holds, dom, fixed):
-    """Best exchange of two items of the slowest GPU for two items of another GPU; every partner
-    GPU at once. Ties go to the lowest partner GPU, then the first pairs."""
+    """Best exchange of two items of the slowest GPU for two items of another GPU. Ties go to the
+    lowest partner GPU, then the first pairs. One partner at a time: a [pairs, pairs] block per
+    partner stays in cache, where one [G, pairs, pairs] block would not."""
     G = len(finish)
     S = len(item_gpu) // G
     if S < 2:
@@ -232,26 +233,26 @@ def _best_double_swap(p, item_expert, item_gpu, finish, holds, dom, fixed):
     i, j = np.triu_indices(S, k=1)
     a1, a2 = slot_item[g, i], slot_item[g, j]  # every pair on the slowest GPU
     pa = p[a1] + p[a2]  # [pairs, G]: that pair's time on each GPU
-    b1, b2 = slot_item[:, i], slot_item[:, j]  # [G, pairs]: every pair on every GPU
-    gpus = np.arange(G)[:, None]
-    pb_g = p[b1, g] + p[b2, g]  # [G, pairs]: GPU h's pair on g
-    pb_h = p[b1, gpus] + p[b2, gpus]  # [G, pairs]: on its own GPU
-    new_g = (top - pa[:, g])[None, :, None] + pb_g[:, None, :]  # [h, a, b]
-    new_h = (finish[:, None] - pb_h)[:, None, :] + pa.T[:, :, None]
-    across = (dom != dom[g])[:, None]
-    a_clash = (holds[:, item_expert[a1]] | holds[:, item_expert[a2]])[dom] & across  # [h, a]
-    b_clash = (holds[dom[g], item_expert[b1]] | holds[dom[g], item_expert[b2]]) & across
-    a_clash |= (fixed[a1] | fixed[a2])[None, :]
-    b_clash |= fixed[b1] | fixed[b2]
-    # Clashes as +inf penalties: broadcasting is far cheaper than a 3-D boolean mask.
-    worse = np.maximum(new_g, new_h)
-    worse += np.where(a_clash, np.inf, 0.0)[:, :, None]
-    worse += np.where(b_clash, np.inf, 0.0)[:, None, :]
-    worse[g] = np.inf
-    h, a, b = np.unravel_index(int(np.argmin(worse)), worse.shape)
-    if not worse[h, a, b] < top * (1 - 1e-9):
-        return None
-    return (a1[a], a2[a]), (b1[h, b], b2[h, b])
+    a_clash = holds[:, item_expert[a1]] | holds[:, item_expert[a2]]  # [domains, pairs]
+    a_fixed = fixed[a1] | fixed[a2]
+    best, move = top * (1 - 1e-9), None
+    for h in range(G):
+        if h == g:
+            continue
+        b1, b2 = slot_item[h, i], slot_item[h, j]
+        new_g = (top - pa[:, g])[:, None] + (p[b1, g] + p[b2, g])[None, :]
+        new_h = (finish[h] - p[b1, h] - p[b2, h])[None, :] + pa[:, h][:, None]
+        worse = np.maximum(new_g, new_h)
+        bad_a, bad_b = a_fixed.copy(), fixed[b1] | fixed[b2]
+        if dom[h] != dom[g]:
+            bad_a |= a_clash[dom[h]]
+            bad_b |= holds[dom[g], item_expert[b1]] | holds[dom[g], item_expert[b2]]
+        worse[bad_a, :] = np.inf
+        worse[:, bad_b] = np.inf
+        a, b = np.unravel_index(int(np.argmin(worse)), worse.shape)
+        if worse[a, b] < best:
+            best, move = worse[a, b], ((a1[a], a2[a]), (b1[b], b2[b]))
+    return move
 
 
 def gpu_finish(p: np.ndarray, item_gpu: np.ndarray, num_gpus: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from vibe_plan.placement.layer import LayerPlan, plan_layer
 from vibe_plan.placement.polish import polish_layer
 
 METHODS = ("vibe", "eplb", "linear", "round_robin")
-GLOBAL_LP_MAX_CELLS = 4096  # (expert, GPU) cells up to which the global bound runs its LP
+GLOBAL_LP_MAX_CELLS = 512  # (expert, GPU) cells up to which the global bound runs its LP
 
 
 @dataclass(frozen=True)
