@@ -226,3 +226,24 @@ def test_node_too_small_for_distinct_experts_is_refused():
     curves = _curves(np.random.default_rng(0), 4)
     with pytest.raises(ValueError, match="node"):
         plan_layer(np.ones(3), curves, 2, CpSatSettings(), node_of=np.array([0, 0, 1, 1]))
+
+
+def test_double_swap_versions_pick_the_same_move():
+    """The per-partner loop and the one-block version break ties alike."""
+    from vibe_plan.placement import heuristic as H
+
+    rng = np.random.default_rng(11)
+    for trial in range(30):
+        G, S = int(rng.integers(2, 7)), int(rng.integers(2, 6))
+        E = G * S - int(rng.integers(0, G))
+        item_expert = np.concatenate([np.arange(E), rng.choice(E, G * S - E, replace=False)])
+        item_gpu = np.repeat(np.arange(G), S)[rng.permutation(G * S)]
+        # Costs on a coarse grid, so that ties happen.
+        p = rng.integers(1, 6, size=(G * S, G)).astype(float)
+        dom = np.arange(G) // (2 if trial % 2 else 1)
+        fixed = rng.random(G * S) < 0.2
+        finish = np.bincount(item_gpu, weights=p[np.arange(G * S), item_gpu], minlength=G)
+        holds = np.zeros((int(dom.max()) + 1, E), dtype=bool)
+        holds[dom[item_gpu], item_expert] = True
+        args = (p, item_expert, item_gpu, finish, holds, dom, fixed)
+        assert H._best_double_swap(*args) == H._double_swap_all_partners(*args)

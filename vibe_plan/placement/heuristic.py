@@ -12,6 +12,7 @@ import numpy as np
 
 from vibe_plan.placement.cost import TimeCurve
 
+LOOP_MAX_GPUS = 16  # double swaps loop over partners up to this many GPUs, else one block
 DOUBLES_MAX_SLOTS = 20  # ILS descents exchange pairs only up to this many slots per GPU
 
 
@@ -227,6 +228,8 @@ def _best_double_swap(p, item_expert, item_gpu, finish, holds, dom, fixed):
     S = len(item_gpu) // G
     if S < 2:
         return None
+    if G > LOOP_MAX_GPUS:
+        return _double_swap_all_partners(p, item_expert, item_gpu, finish, holds, dom, fixed)
     g = int(np.argmax(finish))
     top = finish[g]
     slot_item = np.argsort(item_gpu, kind="stable").reshape(G, S)
@@ -253,6 +256,41 @@ def _best_double_swap(p, item_expert, item_gpu, finish, holds, dom, fixed):
         if worse[a, b] < best:
             best, move = worse[a, b], ((a1[a], a2[a]), (b1[b], b2[b]))
     return move
+
+
+def _double_swap_all_partners(p, item_expert, item_gpu, finish, holds, dom, fixed):
+    """`_best_double_swap` over every partner GPU at once: one [G, pairs, pairs] block, cheaper
+    than a Python loop over many partners, dearer over a few."""
+    G = len(finish)
+    S = len(item_gpu) // G
+    if S < 2:
+        return None
+    g = int(np.argmax(finish))
+    top = finish[g]
+    slot_item = np.argsort(item_gpu, kind="stable").reshape(G, S)
+    i, j = np.triu_indices(S, k=1)
+    a1, a2 = slot_item[g, i], slot_item[g, j]  # every pair on the slowest GPU
+    pa = p[a1] + p[a2]  # [pairs, G]: that pair's time on each GPU
+    b1, b2 = slot_item[:, i], slot_item[:, j]  # [G, pairs]: every pair on every GPU
+    gpus = np.arange(G)[:, None]
+    pb_g = p[b1, g] + p[b2, g]  # [G, pairs]: GPU h's pair on g
+    pb_h = p[b1, gpus] + p[b2, gpus]  # [G, pairs]: on its own GPU
+    new_g = (top - pa[:, g])[None, :, None] + pb_g[:, None, :]  # [h, a, b]
+    new_h = (finish[:, None] - pb_h)[:, None, :] + pa.T[:, :, None]
+    across = (dom != dom[g])[:, None]
+    a_clash = (holds[:, item_expert[a1]] | holds[:, item_expert[a2]])[dom] & across  # [h, a]
+    b_clash = (holds[dom[g], item_expert[b1]] | holds[dom[g], item_expert[b2]]) & across
+    a_clash |= (fixed[a1] | fixed[a2])[None, :]
+    b_clash |= fixed[b1] | fixed[b2]
+    # Clashes as +inf penalties: broadcasting is far cheaper than a 3-D boolean mask.
+    worse = np.maximum(new_g, new_h)
+    worse += np.where(a_clash, np.inf, 0.0)[:, :, None]
+    worse += np.where(b_clash, np.inf, 0.0)[:, None, :]
+    worse[g] = np.inf
+    h, a, b = np.unravel_index(int(np.argmin(worse)), worse.shape)
+    if not worse[h, a, b] < top * (1 - 1e-9):
+        return None
+    return (a1[a], a2[a]), (b1[h, b], b2[h, b])
 
 
 def gpu_finish(p: np.ndarray, item_gpu: np.ndarray, num_gpus: int) -> np.ndarray:
