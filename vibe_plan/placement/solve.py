@@ -178,6 +178,19 @@ def solve_placement(
         phy2log = np.stack([p.phy2log for p in plans])
         if dispatch.rule in ("static", "local"):
             phy2log = refit_singles(phy2log, load, curves, shape, dispatch, layer_ids, use_groups)
+        if spread:
+            # With many nodes and few replicas the ranks of replica-less nodes still draw, and an
+            # unconstrained plan can serve the rule better: keep whichever is faster under it.
+            free, _ = _vibe_layers(load, curves, shape, opts, use_groups, False, None)
+            other = np.stack([p.phy2log for p in free])
+            other = refit_singles(other, load, curves, shape, dispatch, layer_ids, use_groups)
+            span = gpu_times(curves, phy2log, load, dispatch, layer_ids).max(axis=1).sum()
+            if gpu_times(curves, other, load, dispatch, layer_ids).max(axis=1).sum() < span:
+                plans, phy2log = free, other
+                notes.append(
+                    f"{dispatch.rule} dispatch: the plan without replicas on distinct nodes is "
+                    "faster under the rule's real split here, so it is the one written"
+                )
         bounds = np.array([p.lower_bound_us for p in plans])
         status = [p.status for p in plans]
         heur = [p.heuristic_us for p in plans]
