@@ -307,11 +307,9 @@ def iterated_local_search(
     kick: int = 3,
     seed: int = 0,
     node_of: np.ndarray | None = None,
-    patience: int | None = None,
 ) -> np.ndarray:
     """Kick the best plan with a few random legal swaps, descend again, keep the best; stop once the
-    makespan reaches `target`, or after `patience` kicks in a row that found nothing better.
-    Seeded, so the same inputs give the same plan."""
+    makespan reaches `target`. Seeded, so the same inputs give the same plan."""
     rng = np.random.default_rng(seed)
     dom = domains_of(node_of, num_gpus)
     # With many slots per GPU, single swaps are fine-grained enough, and the S^2/2 x S^2/2 pair
@@ -319,16 +317,14 @@ def iterated_local_search(
     doubles = len(item_gpu) // num_gpus <= DOUBLES_MAX_SLOTS
     best = item_gpu
     best_span = gpu_finish(p, best, num_gpus).max()
-    stale = 0
     for _ in range(iters):
-        if best_span <= target or (patience is not None and stale >= patience):
+        if best_span <= target:
             break
         kicked = _kick(rng, item_expert, best, kick, dom)
         trial = local_search(p, item_expert, kicked, num_gpus, doubles, node_of=node_of)
         span = gpu_finish(p, trial, num_gpus).max()
-        stale += 1
         if span < best_span:
-            best, best_span, stale = trial, span, 0
+            best, best_span = trial, span
     return best
 
 

@@ -41,7 +41,6 @@ def plan_layer(
     settings: CpSatSettings,
     target_gap: float = 1e-3,
     ils_iters: int = 100,
-    ils_patience: int | None = None,
     node_of: np.ndarray | None = None,
     max_per_expert: int | None = None,
 ) -> LayerPlan:
@@ -78,7 +77,6 @@ def plan_layer(
             ils_iters,
             seed=settings.seed,
             node_of=node_of,
-            patience=ils_patience,
         )
         makespan = float(gpu_finish(p, item_gpu, G).max())
     start = makespan
