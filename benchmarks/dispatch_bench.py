@@ -82,6 +82,20 @@ INSTANCES = [
         2,
         False,
     ),
+    # Many nodes, few replicas per expert: ranks on nodes without a replica still draw.
+    Instance(
+        "deepseek-v3 EP128+128 16 nodes 2 outliers",
+        ExpertShape(7168, 2048),
+        256,
+        58,
+        3,
+        8,
+        128,
+        128,
+        65536,
+        0.05,
+        2,
+    ),
 ]
 
 
