@@ -84,7 +84,7 @@ def validation_block(
         "trials": len(vectors),
         "seed": seed,
         "draw": DRAW,
-        "prediction": "sum over the GPU's experts of t_g(n_e), cost model of DESIGN.md",
+        "prediction": "sum over the GPU's experts of t_g(n_e), cost model of docs/formats.md",
         "mean_abs_pct_error": round(float(np.abs(errors).mean()), 2),
         "worst_abs_pct_error": round(float(np.abs(errors).max()), 2),
         "mean_signed_pct_error": round(float(errors.mean()), 2),

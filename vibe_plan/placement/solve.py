@@ -1,4 +1,4 @@
-"""`vibe solve` as a library call: every method, all layers, one Placement (DESIGN.md format)."""
+"""`vibe solve` as a library call: every method, all layers, one Placement (docs/formats.md)."""
 
 from __future__ import annotations
 
