@@ -128,7 +128,6 @@ def solve(
                 redundant,
                 nodes,
                 groups,
-                global_bound=False,  # the instance's bound is the same for every method
                 dispatch=dispatch,
                 token_origin=origin,
             )

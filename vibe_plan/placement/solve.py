@@ -44,7 +44,7 @@ class SolveOptions:
     workers: int = 2
     seed: int = 0
     jobs: int | None = None  # layer-parallel processes; default: one per core
-    global_bound: bool = True  # also bound every layer over all replica counts and splits
+    global_bound: bool = True  # vibe: also bound every layer over all replica counts and splits
     dispatch: str = "even"  # the engine's rule for splitting an expert's tokens over replicas
     token_origin: tuple[float, ...] | None = None  # share each EP rank originates; None: equal
 
@@ -314,7 +314,7 @@ def _layer_task(args) -> tuple[LayerPlan, float]:
 def layer_global_bound(load: np.ndarray, curves, shape: Shape, opts: SolveOptions) -> float:
     """Bound over every placement of the layer (any replica counts, group map and split); its
     pooled LP (about 1% tighter than the analytic part, 5-10x its time) only on small layers."""
-    if not opts.global_bound or opts.method != "vibe":
+    if not opts.global_bound:
         return 0.0
     small = shape.num_experts * shape.num_gpus <= GLOBAL_LP_MAX_CELLS
     return global_bound(
