@@ -34,6 +34,24 @@ class LayerPlan:
     status: str  # what certified it: "bound" (analytic), "lp" (LP relaxation), "cpsat-<status>"
 
 
+@dataclass
+class LayerStart:
+    """A layer's cheap start plan and bound, before the search that may improve it."""
+
+    load: np.ndarray
+    curves: list[TimeCurve]
+    slots: int
+    node_of: np.ndarray | None
+    logcnt: np.ndarray  # replicas per expert
+    item_expert: np.ndarray  # expert of each replica
+    cost: np.ndarray  # [E, G], one replica of e on g
+    item_gpu: np.ndarray  # GPU of each replica
+    makespan_us: float
+    lower_bound_us: float
+    status: str
+    exact: bool  # small enough for the LP and CP-SAT
+
+
 def plan_layer(
     load: np.ndarray,
     curves: list[TimeCurve],
@@ -47,13 +65,27 @@ def plan_layer(
     """Plan one layer. `node_of[g]`: node of GPU g, when no node may hold two replicas of one
     expert (default: each GPU its own node). `max_per_expert`: replica cap (default: G, or the
     node count with `node_of`)."""
+    start = start_layer(load, curves, slots, target_gap, node_of, max_per_expert)
+    return improve_layer(start, settings, target_gap, ils_iters)
+
+
+def start_layer(
+    load: np.ndarray,
+    curves: list[TimeCurve],
+    slots: int,
+    target_gap: float = 1e-3,
+    node_of: np.ndarray | None = None,
+    max_per_expert: int | None = None,
+) -> LayerStart:
+    """Replica counts, a greedy plan improved by single swaps, and the analytic bound (the LP
+    bound too where the greedy plan is not within `target_gap` of it)."""
     G = len(curves)
     domains = G if node_of is None else len(np.unique(node_of))
     cap = min(G if max_per_expert is None else max_per_expert, domains)
     _check_fits(len(load), slots, curves, node_of)
     logcnt = replica_counts(load, G * slots, curves, max_per_expert=cap)
     item_expert = items_of(logcnt)
-    cost = expert_time(curves, load / logcnt)  # [E, G], one replica of e on g
+    cost = expert_time(curves, load / logcnt)
     p = cost[item_expert]
     # Cheapest first: single swaps, then the bounds, then double swaps and kicks only if needed.
     first = lpt(p, item_expert, G, slots, (load / logcnt)[item_expert], node_of=node_of)
@@ -65,9 +97,44 @@ def plan_layer(
     if makespan > bound * (1 + target_gap) and exact:
         bound = max(bound, lp_bound(cost, logcnt, slots, node_of=node_of))
         status = "lp"
+    return LayerStart(
+        load,
+        curves,
+        slots,
+        node_of,
+        logcnt,
+        item_expert,
+        cost,
+        item_gpu,
+        makespan,
+        bound,
+        status,
+        exact,
+    )
+
+
+def improve_layer(
+    start: LayerStart,
+    settings: CpSatSettings,
+    target_gap: float = 1e-3,
+    ils_iters: int = 100,
+    accept_us: float = 0.0,
+) -> LayerPlan:
+    """Local search, then CP-SAT where it can close the gap, until the plan is within
+    `target_gap` of the bound or at most `accept_us` (a makespan the caller cannot use lower, such
+    as a slower part of the same layer's plan). The search is seeded and stops at the first plan
+    under its target, so a higher `accept_us` only cuts the same search short."""
+    G, slots, node_of = len(start.curves), start.slots, start.node_of
+    cost, logcnt, item_expert = start.cost, start.logcnt, start.item_expert
+    p = cost[item_expert]
+    item_gpu, makespan, bound = start.item_gpu, start.makespan_us, start.lower_bound_us
+    target = max(bound * (1 + target_gap), accept_us)
     if makespan > bound * (1 + target_gap):
+        # One full descent even under `accept_us`: cheap, and the slack it leaves on parts that
+        # do not set the makespan is what absorbs batches that drift from the mean load.
         item_gpu = local_search(p, item_expert, item_gpu, G, node_of=node_of)
-        target = bound * (1 + target_gap)
+        makespan = float(gpu_finish(p, item_gpu, G).max())
+    if makespan > target:
         item_gpu = iterated_local_search(
             p,
             item_expert,
@@ -79,12 +146,14 @@ def plan_layer(
             node_of=node_of,
         )
         makespan = float(gpu_finish(p, item_gpu, G).max())
-    start = makespan
-    expert_gpus = np.zeros((len(load), G), dtype=bool)
+    heuristic = makespan
+    status = start.status
+    expert_gpus = np.zeros((len(start.load), G), dtype=bool)
     expert_gpus[item_expert, item_gpu] = True
-    if makespan > bound * (1 + target_gap) and settings.time_limit > 0 and exact:
+    exact = start.exact and settings.time_limit > 0 and makespan > target
+    if exact:
         exact = cpsat_can_close(cost, slots, makespan / bound - 1)
-    if makespan > bound * (1 + target_gap) and settings.time_limit > 0 and exact:
+    if exact:
         res = solve_layer(cost, logcnt, slots, expert_gpus, makespan, settings, node_of=node_of)
         status = "cpsat-" + res.status.lower()
         bound = max(bound, min(res.bound_us, makespan))
@@ -93,7 +162,7 @@ def plan_layer(
             # Keep our own plan unless CP-SAT's is really better under the float cost model.
             if found < makespan:
                 makespan, expert_gpus = found, res.expert_gpus
-    return LayerPlan(gpu_major(expert_gpus), makespan, bound, start, status)
+    return LayerPlan(gpu_major(expert_gpus), makespan, bound, heuristic, status)
 
 
 def cpsat_can_close(cost: np.ndarray, slots: int, gap: float) -> bool:

@@ -26,7 +26,7 @@ from vibe_plan.placement.dispatch import Dispatch, rank_split, slot_tokens, spli
 from vibe_plan.placement.eplb import rebalance_experts
 from vibe_plan.placement.global_bound import global_bound
 from vibe_plan.placement.groups import groups_to_nodes
-from vibe_plan.placement.layer import LayerPlan, plan_layer
+from vibe_plan.placement.layer import LayerPlan, improve_layer, plan_layer, start_layer
 from vibe_plan.placement.polish import polish_layer
 
 METHODS = ("vibe", "eplb", "linear", "round_robin")
@@ -345,22 +345,36 @@ def _plan_one(args) -> LayerPlan:
 
 
 def _plan_grouped(load, curves, shape: Shape, settings: CpSatSettings) -> LayerPlan:
-    """Groups onto nodes (speed-aware), then each node planned alone on its own experts."""
+    """Groups onto nodes (speed-aware), then each node planned alone on its own experts. The layer
+    waits for its slowest node, so once one node's plan is final no other node needs to go below
+    it: the nodes are improved slowest start first, each only down to the slowest plan so far.
+    That gives the same layer makespan as improving every node fully, in a fraction of the time."""
     N, K, G, S = shape.num_nodes, shape.num_groups, shape.num_gpus, shape.slots_per_gpu
     per_node = G // N
     group_size = shape.num_experts // K
     node_groups = groups_to_nodes(load, curves, K, N)
-    rows, span, bound, start, statuses = [], 0.0, 0.0, 0.0, []
-    for n in range(N):
-        experts = np.concatenate(
-            [np.arange(k * group_size, (k + 1) * group_size) for k in node_groups[n]]
-        )
-        node_curves = curves[n * per_node : (n + 1) * per_node]
-        plan = plan_layer(load[experts], node_curves, S, settings)
-        rows.append(experts[plan.phy2log])
-        span = max(span, plan.makespan_us)
-        bound = max(bound, plan.lower_bound_us)
-        start = max(start, plan.heuristic_us)
-        statuses.append(plan.status)
+    node_experts = [
+        np.concatenate([np.arange(k * group_size, (k + 1) * group_size) for k in node_groups[n]])
+        for n in range(N)
+    ]
+    starts = [
+        start_layer(load[node_experts[n]], curves[n * per_node : (n + 1) * per_node], S)
+        for n in range(N)
+    ]
+    bound = max(s.lower_bound_us for s in starts)
+    plans: list[LayerPlan | None] = [None] * N
+    span = 0.0
+    for n in sorted(range(N), key=lambda n: (-starts[n].makespan_us, n)):
+        plans[n] = improve_layer(starts[n], settings, accept_us=max(span, bound * (1 + 1e-3)))
+        span = max(span, plans[n].makespan_us)
+    done = [p for p in plans if p is not None]
+    rows = [node_experts[n][p.phy2log] for n, p in enumerate(done)]
+    statuses = [p.status for p in done]
     status = "bound" if all(s == "bound" for s in statuses) else "/".join(sorted(set(statuses)))
-    return LayerPlan(np.concatenate(rows), span, bound, start, status)
+    return LayerPlan(
+        np.concatenate(rows),
+        span,
+        max(bound, *(p.lower_bound_us for p in done)),
+        max(p.heuristic_us for p in done),
+        status,
+    )
