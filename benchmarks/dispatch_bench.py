@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vibe_plan.artifacts import ExpertShape
-from vibe_plan.placement.dispatch import Dispatch, even_shares, slot_tokens
+from vibe_plan.cost.dispatch import Dispatch, even_shares, slot_tokens
 from vibe_plan.placement.evaluate import score
 from vibe_plan.placement.solve import SolveOptions, solve_placement
 from vibe_plan.synthetic import synthetic_routing, varied_gpu_profile

@@ -17,8 +17,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from solve_bench import INSTANCES  # noqa: E402
 
+from vibe_plan.cost import curves_of, expert_time
 from vibe_plan.placement.bounds import lp_bound
-from vibe_plan.placement.cost import curves_of, expert_time
 from vibe_plan.placement.cpsat import CpSatSettings, solve_layer
 from vibe_plan.placement.groups import groups_to_nodes
 from vibe_plan.placement.heuristic import replica_counts

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vibe_plan.artifacts import ExpertShape
-from vibe_plan.placement.cost import curves_of
+from vibe_plan.cost import curves_of
 from vibe_plan.placement.global_bound import global_bound
 from vibe_plan.placement.solve import SolveOptions, solve_placement
 from vibe_plan.synthetic import synthetic_gpu_profile, synthetic_routing, varied_gpu_profile

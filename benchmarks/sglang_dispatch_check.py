@@ -5,7 +5,7 @@ Runs in a CPU-only SGLang venv (SGLang 0.5.23 installed with --no-deps, CPU torc
 plans, random maps, the trivial dense-layer rows), it builds each EP rank's static table with
 SGLang's `compute_logical_to_rank_dispatch_physical_map` from that rank's own view
 (`_compute_logical_to_all_physical_map` with an a2a backend), and compares every pick with
-`vibe_plan.placement.dispatch.rank_choices`; then the per-replica shares of `local`; then the `lp`
+`vibe_plan.cost.dispatch.rank_choices`; then the per-replica shares of `local`; then the `lp`
 split against SGLang's LPLBSolver matrices and its pure-torch IPM reference.
 
 Usage: PYTHONPATH=. SGLANG_VENV/bin/python benchmarks/sglang_dispatch_check.py
@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from vibe_plan.placement.dispatch import Dispatch, lp_shares, rank_choices, rank_shares
+from vibe_plan.cost.dispatch import Dispatch, lp_shares, rank_choices, rank_shares
 
 CTX = SimpleNamespace(
     moe=SimpleNamespace(

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from vibe_plan.placement.dispatch import MAX_DRAW_STEPS, Dispatch, rank_split
+from vibe_plan.cost.dispatch import MAX_DRAW_STEPS, Dispatch, rank_split
 from vibe_plan.placement.eplb import rebalance_experts
 
 

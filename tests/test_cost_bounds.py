@@ -5,19 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vibe_plan.cost import (
+    TimeCurve,
+    batch_gpu_times,
+    expert_time,
+    gpu_times,
+    imbalance,
+)
 from vibe_plan.placement.bounds import (
     cardinality_bound,
     item_bound,
     lower_bound,
     lp_bound,
     work_bound,
-)
-from vibe_plan.placement.cost import (
-    TimeCurve,
-    batch_gpu_times,
-    expert_time,
-    gpu_times,
-    imbalance,
 )
 from vibe_plan.placement.heuristic import gpu_finish, items_of, local_search, lpt
 

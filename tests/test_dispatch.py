@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vibe_plan.errors import VibeError
-from vibe_plan.placement.cost import TimeCurve, batch_gpu_times
-from vibe_plan.placement.dispatch import (
+from vibe_plan.cost import TimeCurve, batch_gpu_times
+from vibe_plan.cost.dispatch import (
     Dispatch,
     even_shares,
     lp_shares,
@@ -16,6 +15,7 @@ from vibe_plan.placement.dispatch import (
     rank_shares,
     slot_tokens,
 )
+from vibe_plan.errors import VibeError
 
 # SGLang 0.5.23's own static tables for this map (8 EP ranks on 2 nodes, 2 slots per GPU), one
 # row per rank built from that rank's view, as `benchmarks/sglang_dispatch_check.py` computes
@@ -151,7 +151,7 @@ def test_bad_rule_and_origin_are_user_errors():
 
 
 def test_too_many_draws_fall_back_to_their_expectation(monkeypatch):
-    import vibe_plan.placement.dispatch as dispatch
+    import vibe_plan.cost.dispatch as dispatch
 
     # Replicas 16 slots apart: never two on one GPU (3 slots each).
     rows = np.stack([np.roll(np.arange(24) % 16, 5 * k) for k in range(4)])

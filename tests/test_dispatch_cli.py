@@ -15,7 +15,7 @@ from placement_inputs import (
 )
 
 from vibe_plan.artifacts import load_gpu_profile, load_placement, load_routing_profile
-from vibe_plan.placement.dispatch import Dispatch, rank_shares
+from vibe_plan.cost.dispatch import Dispatch, rank_shares
 from vibe_plan.placement.evaluate import score
 
 HOSTS = ["n0"] * 4 + ["n1"] * 4
@@ -77,7 +77,7 @@ def test_predicted_is_the_rule_on_the_mean_load(vibe, two_nodes, tmp_path):
         _solve(vibe, gpus, plan, tmp_path / f"{rule}.json", "--dispatch", rule)
         p, _ = load_placement(tmp_path / f"{rule}.json", 8, rp.layer_ids.tolist(), 16)
         d = Dispatch(rule, 2, None, rp.num_hidden_layers)
-        from vibe_plan.placement.cost import curves_of, gpu_times
+        from vibe_plan.cost import curves_of, gpu_times
 
         t = gpu_times(curves_of(gp), p.phy2log, rp.mean_load(), d, rp.layer_ids.tolist())
         np.testing.assert_allclose(p.predicted["makespan_us"], t.max(axis=1), atol=2e-3)
@@ -135,7 +135,7 @@ def test_bad_dispatch_options(vibe, two_nodes, tmp_path, args, message):
 
 def test_refit_keeps_the_replicas_and_their_shares(two_nodes):
     """The singles move around the replicas; the engine's tables, so every share, stay put."""
-    from vibe_plan.placement.cost import curves_of, gpu_times
+    from vibe_plan.cost import curves_of, gpu_times
     from vibe_plan.placement.solve import (
         SolveOptions,
         refit_singles,

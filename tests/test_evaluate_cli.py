@@ -10,8 +10,8 @@ import pytest
 from placement_inputs import skewed_counts, solve_args, write_gpus, write_routing
 
 from vibe_plan.artifacts import load_gpu_profile, load_placement, load_routing_profile
-from vibe_plan.placement.cost import batch_gpu_times, curves_of
-from vibe_plan.placement.dispatch import Dispatch, slot_tokens
+from vibe_plan.cost import batch_gpu_times, curves_of
+from vibe_plan.cost.dispatch import Dispatch, slot_tokens
 from vibe_plan.placement.evaluate import batch_bounds, score
 
 SPEEDS = [1.0, 1.3, 1.15, 1.45]

@@ -9,8 +9,8 @@ import itertools
 import numpy as np
 import pytest
 
+from vibe_plan.cost import TimeCurve, expert_time
 from vibe_plan.placement.bounds import lower_bound, lp_bound
-from vibe_plan.placement.cost import TimeCurve, expert_time
 from vibe_plan.placement.global_bound import (
     envelope_lines,
     global_bound,

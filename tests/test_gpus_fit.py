@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vibe_plan.cost import TimeCurve
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import fit_scale, isotonic, pick_quick_points
 from vibe_plan.gpus.plan import parse_gpus, parse_int_list
 from vibe_plan.gpus.telemetry import reason_names, summarize
 from vibe_plan.gpus.validate import draw_vectors, gpu_errors, predict_us, validation_block
-from vibe_plan.placement.cost import TimeCurve
 
 values = st.lists(st.floats(0.1, 1e4, allow_nan=False), min_size=1, max_size=30)
 

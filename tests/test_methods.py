@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from placement_inputs import assert_valid_map
 
+from vibe_plan.cost import TimeCurve, expert_time, gpu_times
 from vibe_plan.placement.baselines import linear_map, round_robin_map, tile_layers
-from vibe_plan.placement.cost import TimeCurve, expert_time, gpu_times
 from vibe_plan.placement.cpsat import CpSatSettings, solve_layer
 from vibe_plan.placement.eplb import balanced_packing, make_log2phy, rebalance_experts
 from vibe_plan.placement.heuristic import (

@@ -10,8 +10,8 @@ from placement_inputs import assert_valid_map
 
 from vibe_plan.artifacts.gpu_profile import ExpertShape, GpuCurve, GpuEntry, GpuProfile
 from vibe_plan.artifacts.routing_profile import ROUTING_SCHEMA, RoutingProfile
+from vibe_plan.cost import TimeCurve, expert_time, gpu_times
 from vibe_plan.placement.bounds import lower_bound
-from vibe_plan.placement.cost import TimeCurve, expert_time, gpu_times
 from vibe_plan.placement.cpsat import CpSatSettings
 from vibe_plan.placement.heuristic import gpu_finish, items_of, local_search, lpt, replica_counts
 from vibe_plan.placement.layer import plan_layer

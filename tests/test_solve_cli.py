@@ -23,7 +23,7 @@ from placement_inputs import (
 )
 
 from vibe_plan.artifacts import load_gpu_profile, load_routing_profile, sha256_file
-from vibe_plan.placement.cost import curves_of, gpu_times
+from vibe_plan.cost import curves_of, gpu_times
 
 
 def test_solve_writes_a_valid_placement(vibe, inputs):

@@ -9,8 +9,8 @@ import itertools
 import numpy as np
 import pytest
 
+from vibe_plan.cost import TimeCurve, expert_time
 from vibe_plan.placement.bounds import lp_bound
-from vibe_plan.placement.cost import TimeCurve, expert_time
 from vibe_plan.placement.cpsat import CpSatSettings, solve_layer
 from vibe_plan.placement.heuristic import (
     items_of,

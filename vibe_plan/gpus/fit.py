@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vibe_plan.placement.cost import TimeCurve
+from vibe_plan.cost import TimeCurve
 
 QUICK_TARGETS = (16, 256, 2048)  # decode-sized, near the knee, prefill-sized loads
 

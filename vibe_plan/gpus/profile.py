@@ -13,12 +13,12 @@ from typing import Any
 from vibe_plan.artifacts.gpu_profile import GpuCurve, GpuEntry, GpuProfile, save_gpu_profile
 from vibe_plan.artifacts.io import sha256_file
 from vibe_plan.console import progress
+from vibe_plan.cost import TimeCurve
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import fit_scale, isotonic
 from vibe_plan.gpus.plan import Plan, ProfileRequest, build_plan, check_request, parse_gpus
 from vibe_plan.gpus.validate import validation_block
 from vibe_plan.gpus.worker import DeviceResult, local_sync, safe_measure
-from vibe_plan.placement.cost import TimeCurve
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from vibe_plan.placement.cost import TimeCurve
+from vibe_plan.cost import TimeCurve
 
 # Expert popularity ~ Dirichlet(alpha): 0.2 is a few very hot experts, 3.0 nearly uniform.
 ALPHAS = (0.2, 0.5, 1.0, 3.0)

@@ -83,9 +83,9 @@ def solve(
     from vibe_plan.artifacts import load_gpu_profile, load_routing_profile, save_placement
     from vibe_plan.artifacts.io import atomic_write, check_writable, sha256_file
     from vibe_plan.console import console, progress, warn
+    from vibe_plan.cost.dispatch import Dispatch, origin_shares
     from vibe_plan.export import parse_export_specs
     from vibe_plan.export.engines import export_texts
-    from vibe_plan.placement.dispatch import Dispatch, origin_shares
     from vibe_plan.placement.report import solve_table
     from vibe_plan.placement.solve import SolveOptions, resolve_nodes, solve_placement
 
@@ -163,7 +163,7 @@ def evaluate(
     from vibe_plan.artifacts import load_gpu_profile, load_placement, load_routing_profile
     from vibe_plan.artifacts.io import atomic_write, check_writable
     from vibe_plan.console import console, warn
-    from vibe_plan.placement.dispatch import Dispatch, origin_shares, split_note
+    from vibe_plan.cost.dispatch import Dispatch, origin_shares, split_note
     from vibe_plan.placement.evaluate import score, scores_frame
     from vibe_plan.placement.report import evaluate_table
     from vibe_plan.placement.solve import resolve_nodes

@@ -9,9 +9,9 @@ import numpy as np
 from vibe_plan.artifacts.gpu_profile import GpuProfile
 from vibe_plan.artifacts.placement import Placement
 from vibe_plan.artifacts.routing_profile import RoutingProfile
+from vibe_plan.cost import EVEN, curves_of, slot_gpu_times
+from vibe_plan.cost.dispatch import Dispatch, slot_tokens
 from vibe_plan.errors import VibeError
-from vibe_plan.placement.cost import EVEN, curves_of, slot_gpu_times
-from vibe_plan.placement.dispatch import Dispatch, slot_tokens
 from vibe_plan.placement.solve import slot_bound
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vibe_plan.placement.cost import TimeCurve
+from vibe_plan.cost import TimeCurve
 
 Lines = tuple[np.ndarray, np.ndarray]  # intercepts c, slopes d of an envelope's segments
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vibe_plan.placement.cost import TimeCurve
+from vibe_plan.cost import TimeCurve
 
 
 def node_speed(curves: list[TimeCurve], num_nodes: int, at_tokens: float) -> np.ndarray:

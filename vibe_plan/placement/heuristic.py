@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vibe_plan.placement.cost import TimeCurve
+from vibe_plan.cost import TimeCurve
 
 LOOP_MAX_GPUS = 16  # double swaps loop over partners up to this many GPUs, else one block
 DOUBLES_MAX_SLOTS = 20  # ILS descents exchange pairs only up to this many slots per GPU

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vibe_plan.cost import TimeCurve, expert_time
 from vibe_plan.placement.bounds import lower_bound, lp_bound
-from vibe_plan.placement.cost import TimeCurve, expert_time
 from vibe_plan.placement.cpsat import CpSatSettings, solve_layer
 from vibe_plan.placement.heuristic import (
     gpu_finish,

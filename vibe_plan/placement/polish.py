@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vibe_plan.placement.cost import TimeCurve, expert_time
+from vibe_plan.cost import TimeCurve, expert_time
 from vibe_plan.placement.heuristic import DOUBLES_MAX_SLOTS, gpu_finish, local_search
 
 

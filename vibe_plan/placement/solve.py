@@ -11,18 +11,18 @@ import numpy as np
 from vibe_plan.artifacts.gpu_profile import GpuProfile
 from vibe_plan.artifacts.placement import Placement
 from vibe_plan.artifacts.routing_profile import RoutingProfile
-from vibe_plan.errors import VibeError
-from vibe_plan.placement.baselines import linear_map, round_robin_map, tile_layers
-from vibe_plan.placement.bounds import lower_bound
-from vibe_plan.placement.cost import (
+from vibe_plan.cost import (
     TimeCurve,
     curves_of,
     expert_time,
     gpu_times,
     imbalance,
 )
+from vibe_plan.cost.dispatch import Dispatch, rank_split, slot_tokens, split_note
+from vibe_plan.errors import VibeError
+from vibe_plan.placement.baselines import linear_map, round_robin_map, tile_layers
+from vibe_plan.placement.bounds import lower_bound
 from vibe_plan.placement.cpsat import CpSatSettings
-from vibe_plan.placement.dispatch import Dispatch, rank_split, slot_tokens, split_note
 from vibe_plan.placement.eplb import rebalance_experts
 from vibe_plan.placement.global_bound import global_bound
 from vibe_plan.placement.groups import groups_to_nodes

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vibe_plan.artifacts.gpu_profile import GpuProfile
-from vibe_plan.placement.dispatch import Dispatch, slot_tokens
+from vibe_plan.cost.dispatch import Dispatch, slot_tokens
 
 EVEN = Dispatch()
 
