@@ -365,8 +365,8 @@ def _plan_grouped(load, curves, shape: Shape, settings: CpSatSettings) -> LayerP
     plans: list[LayerPlan | None] = [None] * N
     span = 0.0
     for n in sorted(range(N), key=lambda n: (-starts[n].makespan_us, n)):
-        plans[n] = improve_layer(starts[n], settings, accept_us=max(span, bound * (1 + 1e-3)))
-        span = max(span, plans[n].makespan_us)
+        plan = improve_layer(starts[n], settings, accept_us=max(span, bound * (1 + 1e-3)))
+        plans[n], span = plan, max(span, plan.makespan_us)
     done = [p for p in plans if p is not None]
     rows = [node_experts[n][p.phy2log] for n, p in enumerate(done)]
     statuses = [p.status for p in done]
