@@ -48,7 +48,7 @@ def main() -> None:
     pr = res.placement.predicted
     gap = np.array(pr["makespan_us"]) / np.array(pr["lower_bound_us"]) - 1
     curves = curves_of(gpus)
-    G, S, N, K = 8, res.shape.slots_per_gpu, res.shape.num_nodes, res.shape.num_groups
+    G, S, N, K = 8, res.problem.slots_per_gpu, res.problem.num_nodes, res.problem.num_groups
     size = inst.experts // K
     print("| layer | node | vibe plan vs LP | long CP-SAT plan vs LP | CP-SAT bound vs LP | s |")
     print("|---|---|---|---|---|---|")

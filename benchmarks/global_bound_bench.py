@@ -71,7 +71,7 @@ def run(inst: Instance, kind: str, args) -> str:
     solve_s = time.perf_counter() - t0
     own = np.array(res.placement.predicted["lower_bound_us"])
     span = np.array(res.placement.predicted["makespan_us"])
-    curves, load, S = curves_of(gpus), routing.mean_load(), res.shape.slots_per_gpu
+    curves, load, S = curves_of(gpus), routing.mean_load(), res.problem.slots_per_gpu
     glob, even, secs = np.empty(layers), np.empty(layers), np.empty(layers)
     for layer in range(layers):
         t0 = time.perf_counter()

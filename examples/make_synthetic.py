@@ -1,6 +1,7 @@
 """Write the SYNTHETIC example inputs: a Qwen3-30B-A3B-shaped model (128 experts, top-8, 48 MoE
-layers) on 8 GPUs. GPU spread and routing skew follow REFERENCES.md section 5; nothing here was
-measured. Replace with `vibe profile-gpus` / `vibe profile-routing` output on real hardware."""
+layers) on 8 GPUs. GPU spread (a few to 20% between nominally identical GPUs, as published fleet
+studies report) and Zipf-like routing skew are drawn: nothing here was measured.
+Replace with `vibe profile-gpus` / `vibe profile-routing` output on real hardware."""
 
 from __future__ import annotations
 

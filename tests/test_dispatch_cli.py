@@ -139,7 +139,7 @@ def test_refit_keeps_the_replicas_and_their_shares(two_nodes):
     from vibe_plan.placement.solve import (
         SolveOptions,
         refit_singles,
-        resolve_shape,
+        resolve_problem,
         solve_placement,
     )
 
@@ -147,11 +147,11 @@ def test_refit_keeps_the_replicas_and_their_shares(two_nodes):
     gp, rp = load_gpu_profile(gpus), load_routing_profile(plan)
     opts = SolveOptions(redundant=8, jobs=1, time_limit=0.05, group_locality=False)
     m = solve_placement(gp, rp, opts).placement.phy2log  # planned for an even split
-    shape = resolve_shape(gp, rp, opts)
+    prob = resolve_problem(gp, rp, opts)
     lids = rp.layer_ids.tolist()
     d = Dispatch("static", 2, None, rp.num_hidden_layers)
     curves, load = curves_of(gp), rp.mean_load()
-    new = refit_singles(m, load, curves, shape, d, lids, within_nodes=False)
+    new = refit_singles(m, load, curves, prob, d, lids, within_nodes=False)
     assert_valid_map(new, 8, 16, 3)
     for old_row, new_row in zip(m, new, strict=True):
         for row in (old_row, new_row):

@@ -254,15 +254,15 @@ def test_grouped_layer_stops_nodes_at_the_slowest_but_keeps_its_makespan(seed):
     """Improving each node only down to the slowest node's plan gives the same layer makespan as
     improving every node fully, a valid map, and a bound no node's bound exceeds."""
     from vibe_plan.placement.groups import groups_to_nodes
-    from vibe_plan.placement.solve import Shape, _plan_grouped
+    from vibe_plan.placement.solve import Problem, _plan_grouped
 
     rng = np.random.default_rng(seed)
     N, per, S, K, E = 3, 3, 4, 6, 30
     curves = _curves(rng, N * per)
     load = rng.lognormal(3.0, 1.0, E)
-    shape = Shape(num_gpus=N * per, num_experts=E, slots_per_gpu=S, num_nodes=N, num_groups=K)
+    prob = Problem(num_gpus=N * per, num_experts=E, slots_per_gpu=S, num_nodes=N, num_groups=K)
     settings = CpSatSettings(time_limit=0.0)
-    plan = _plan_grouped(load, curves, shape, settings)
+    plan = _plan_grouped(load, curves, prob, settings)
     full, bounds = [], []
     size = E // K
     for n, groups in enumerate(groups_to_nodes(load, curves, K, N)):

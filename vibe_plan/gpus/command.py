@@ -84,6 +84,7 @@ def profile_gpus(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Measure each GPU's time for one routed expert's FFN vs the tokens routed to it (HELP)."""
+    from vibe_plan.console import progress
     from vibe_plan.gpus.plan import ProfileRequest
     from vibe_plan.gpus.profile import run_profile
 
@@ -106,10 +107,13 @@ def profile_gpus(
         seed=seed,
         quiet=quiet,
     )
-    outcome = run_profile(request)
+    with progress(quiet) as bar:
+        outcome = run_profile(request, bar)
     if outcome is not None:
-        from vibe_plan.gpus.summary import render
+        from vibe_plan.artifacts.gpu_profile import save_gpu_profile
+        from vibe_plan.gpus.render import render
 
+        save_gpu_profile(outcome.profile, outcome.out)
         render(outcome)
 
 

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vibe_plan.artifacts.gpu_profile import GpuCurve, GpuEntry, GpuProfile, save_gpu_profile
+from vibe_plan.artifacts.gpu_profile import GpuCurve, GpuEntry, GpuProfile
 from vibe_plan.artifacts.io import sha256_file
-from vibe_plan.console import progress
 from vibe_plan.cost import TimeCurve
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import fit_scale, isotonic
@@ -41,8 +40,9 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-def run_profile(req: ProfileRequest) -> ProfileOutcome | None:
-    """Measure and write the profile; None on torchrun ranks other than 0 (rank 0 writes)."""
+def run_profile(req: ProfileRequest, progress: Any = None) -> ProfileOutcome | None:
+    """Measure; return the profile (the caller saves it) or None on torchrun ranks other than 0.
+    `progress`: an optional rich-Progress-like object (add_task, update) to show timing on."""
     check_request(req)
     # --gpus indices then mean what nvidia-smi shows (CUDA's default order is fastest first).
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
@@ -51,7 +51,7 @@ def run_profile(req: ProfileRequest) -> ProfileOutcome | None:
     env = dist_env()
     device_kind = resolve_device(req.device)
     if env is not None:
-        return _run_distributed(req, env, device_kind)
+        return _run_distributed(req, env, device_kind, progress)
     import torch
 
     if device_kind == "cpu":
@@ -64,25 +64,32 @@ def run_profile(req: ProfileRequest) -> ProfileOutcome | None:
         indices = parse_gpus(req.gpus, count) if req.gpus else list(range(count))
         devices = [f"cuda:{i}" for i in indices]
     plan = build_plan(req, device_kind, len(devices))
-    bar: Any
-    with progress(req.quiet) as bar:
-        tasks = [bar.add_task(f"{d} timing", total=plan.spec.repeats) for d in devices]
+    bar = progress or _NoProgress()
+    tasks = [bar.add_task(f"{d} timing", total=plan.spec.repeats) for d in devices]
 
-        def show(rank: int, done: int, total: int) -> None:
-            bar.update(tasks[rank], completed=done, total=total)
+    def show(rank: int, done: int, total: int) -> None:
+        bar.update(tasks[rank], completed=done, total=total)
 
-        if len(devices) == 1:
-            results = [
-                safe_measure(plan.spec, devices[0], 0, local_sync, lambda a, b: show(0, a, b))
-            ]
-        else:
-            from vibe_plan.gpus.parallel import run_parallel
+    if len(devices) == 1:
+        results = [safe_measure(plan.spec, devices[0], 0, local_sync, lambda a, b: show(0, a, b))]
+    else:
+        from vibe_plan.gpus.parallel import run_parallel
 
-            results = run_parallel(plan.spec, devices, show)
+        results = run_parallel(plan.spec, devices, show)
     return finish(req, plan, results, concurrent=len(devices) > 1)
 
 
-def _run_distributed(req: ProfileRequest, env: Any, device_kind: str) -> ProfileOutcome | None:
+class _NoProgress:
+    def add_task(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        pass
+
+
+def _run_distributed(
+    req: ProfileRequest, env: Any, device_kind: str, progress: Any
+) -> ProfileOutcome | None:
     from vibe_plan.gpus.distributed import DistGroup
     from vibe_plan.gpus.telemetry import cpu_threads_for
 
@@ -107,12 +114,11 @@ def _run_distributed(req: ProfileRequest, env: Any, device_kind: str) -> Profile
         else:
             device = "cpu"
             spec = dataclasses.replace(spec, threads=cpu_threads_for(env.local_world))
-        bar: Any
-        with progress(req.quiet or env.rank != 0) as bar:
-            task = bar.add_task(f"rank 0 of {env.world} timing", total=spec.repeats)
-            result = safe_measure(
-                spec, device, env.rank, group.sync, lambda a, b: bar.update(task, completed=a)
-            )
+        bar = progress if progress is not None and env.rank == 0 else _NoProgress()
+        task = bar.add_task(f"rank 0 of {env.world} timing", total=spec.repeats)
+        result = safe_measure(
+            spec, device, env.rank, group.sync, lambda a, b: bar.update(task, completed=a)
+        )
         results = group.gather(result)
         if env.rank != 0:
             _raise_failures(results)
@@ -143,7 +149,7 @@ def finish(
     results: list[DeviceResult | list[str]],
     concurrent: bool,
 ) -> ProfileOutcome:
-    """Results (global rank order) -> profile on disk, with quick fit and validation if asked."""
+    """Results (global rank order) -> the profile, with quick fit and validation if asked."""
     _raise_failures(results)
     done = [r for r in results if isinstance(r, DeviceResult)]
     quick = _quick_curves(req, plan, done) if plan.base is not None else None
@@ -172,7 +178,6 @@ def finish(
             req.seed,
         )
         profile.extra["validation"] = validation
-    save_gpu_profile(profile, req.out)
     return ProfileOutcome(profile, req.out, quick_block, validation)
 
 

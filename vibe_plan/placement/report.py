@@ -28,7 +28,7 @@ def _summary(res: SolveResult) -> tuple[float, float, float, float, float]:
 
 
 def solve_table(res: SolveResult, others: dict[str, SolveResult], wall_s: float) -> Table:
-    s = res.shape
+    s = res.problem
     title = (
         f"{res.placement.method}: {s.num_experts} experts on {s.num_gpus} GPUs x "
         f"{s.slots_per_gpu} slots, {s.num_nodes} node(s), {s.num_groups} group(s), "

@@ -50,7 +50,9 @@ class SolveOptions:
 
 
 @dataclass(frozen=True)
-class Shape:
+class Problem:
+    """The instance one solve plans: fleet, experts, slots per GPU, nodes, expert groups."""
+
     num_gpus: int
     num_experts: int
     slots_per_gpu: int
@@ -61,13 +63,13 @@ class Shape:
 @dataclass
 class SolveResult:
     placement: Placement
-    shape: Shape
+    problem: Problem
     status: list[str] = field(default_factory=list)  # per layer, vibe only
     heuristic_us: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # decisions the user should hear about
 
 
-def resolve_shape(gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions) -> Shape:
+def resolve_problem(gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions) -> Problem:
     G, E, R = gpus.num_gpus, routing.num_experts, opts.redundant
     if R < 0:
         raise VibeError(f"--redundant {R} must be zero or positive")
@@ -93,21 +95,21 @@ def resolve_shape(gpus: GpuProfile, routing: RoutingProfile, opts: SolveOptions)
             f"{S} slots per GPU exceed the {E} experts, and vibe never puts two replicas of one "
             f"expert on a GPU; use --redundant at most {G * E - E}"
         )
-    return Shape(G, E, S, N, K)
+    return Problem(G, E, S, N, K)
 
 
 def refit_singles(
     phy2log: np.ndarray,
     load: np.ndarray,
     curves: list[TimeCurve],
-    shape: Shape,
+    prob: Problem,
     d: Dispatch,
     layer_ids: list[int],
     within_nodes: bool,
 ) -> np.ndarray:
     """Swap single-replica experts around the replicas, priced with the rule's exact shares
     (`polish.py`); a layer keeps its old row unless the new one is faster under the rule."""
-    G, S, N = shape.num_gpus, shape.slots_per_gpu, shape.num_nodes
+    G, S, N = prob.num_gpus, prob.slots_per_gpu, prob.num_nodes
     shares = rank_split(phy2log, G, d, layer_ids)[0]
     new = np.stack(
         [
@@ -138,52 +140,50 @@ def solve_placement(
     """Plan every MoE layer on the mean load of `routing` with `opts.method`."""
     if opts.method not in METHODS:
         raise VibeError(f"unknown method {opts.method!r}; choose one of {', '.join(METHODS)}")
-    shape = resolve_shape(gpus, routing, opts)
+    prob = resolve_problem(gpus, routing, opts)
     curves = curves_of(gpus)
     load = routing.mean_load()
     L = routing.num_layers
-    dispatch = Dispatch(
-        opts.dispatch, shape.num_nodes, opts.token_origin, routing.num_hidden_layers
-    )
+    dispatch = Dispatch(opts.dispatch, prob.num_nodes, opts.token_origin, routing.num_hidden_layers)
     layer_ids = [int(x) for x in routing.layer_ids]
     status: list[str] = []
     heur: list[float] = []
-    notes: list[str] = host_notes(gpus.hosts, shape.num_nodes)
+    notes: list[str] = host_notes(gpus.hosts, prob.num_nodes)
     if opts.method == "vibe":
-        use_groups = opts.group_locality and shape.num_nodes > 1
-        if use_groups and shape.num_groups % shape.num_nodes:
+        use_groups = opts.group_locality and prob.num_nodes > 1
+        if use_groups and prob.num_groups % prob.num_nodes:
             use_groups = False
             notes.append(
-                f"{shape.num_groups} expert groups do not divide over "
-                f"{shape.num_nodes} nodes: groups are not kept inside nodes"
+                f"{prob.num_groups} expert groups do not divide over "
+                f"{prob.num_nodes} nodes: groups are not kept inside nodes"
             )
-        elif use_groups and shape.num_experts // shape.num_nodes < shape.slots_per_gpu:
+        elif use_groups and prob.num_experts // prob.num_nodes < prob.slots_per_gpu:
             use_groups = False
             notes.append(
-                f"a node's {shape.num_experts // shape.num_nodes} experts cannot fill "
-                f"{shape.slots_per_gpu} slots per GPU without two replicas on one GPU: "
+                f"a node's {prob.num_experts // prob.num_nodes} experts cannot fill "
+                f"{prob.slots_per_gpu} slots per GPU without two replicas on one GPU: "
                 "groups are not kept inside nodes"
             )
         # Rank-local rules send a node's tokens to the first replica on that node: replicas on
         # distinct nodes (or all on one, as with groups) keep the split the plan assumes.
-        spread = dispatch.rule in ("static", "local") and shape.num_nodes > 1 and not use_groups
-        node_slots = shape.slots_per_gpu * (shape.num_gpus // shape.num_nodes)
-        if spread and node_slots > shape.num_experts:
+        spread = dispatch.rule in ("static", "local") and prob.num_nodes > 1 and not use_groups
+        node_slots = prob.slots_per_gpu * (prob.num_gpus // prob.num_nodes)
+        if spread and node_slots > prob.num_experts:
             spread = False
             notes.append(
-                f"a node's {node_slots} slots exceed the {shape.num_experts} experts, so some "
+                f"a node's {node_slots} slots exceed the {prob.num_experts} experts, so some "
                 f"expert needs two replicas on one node: the {dispatch.rule} split will be uneven"
             )
-        plans, glob = _vibe_layers(load, curves, shape, opts, use_groups, spread, progress)
+        plans, glob = _vibe_layers(load, curves, prob, opts, use_groups, spread, progress)
         phy2log = np.stack([p.phy2log for p in plans])
         if dispatch.rule in ("static", "local"):
-            phy2log = refit_singles(phy2log, load, curves, shape, dispatch, layer_ids, use_groups)
+            phy2log = refit_singles(phy2log, load, curves, prob, dispatch, layer_ids, use_groups)
         if spread:
             # With many nodes and few replicas the ranks of replica-less nodes still draw, and an
             # unconstrained plan can serve the rule better: keep whichever is faster under it.
-            free, _ = _vibe_layers(load, curves, shape, opts, use_groups, False, None)
+            free, _ = _vibe_layers(load, curves, prob, opts, use_groups, False, None)
             other = np.stack([p.phy2log for p in free])
-            other = refit_singles(other, load, curves, shape, dispatch, layer_ids, use_groups)
+            other = refit_singles(other, load, curves, prob, dispatch, layer_ids, use_groups)
             span = gpu_times(curves, phy2log, load, dispatch, layer_ids).max(axis=1).sum()
             if gpu_times(curves, other, load, dispatch, layer_ids).max(axis=1).sum() < span:
                 plans, phy2log = free, other
@@ -195,30 +195,30 @@ def solve_placement(
         status = [p.status for p in plans]
         heur = [p.heuristic_us for p in plans]
     else:
-        phy2log = baseline_map(opts.method, load, shape)
+        phy2log = baseline_map(opts.method, load, prob)
         glob = [0.0] * L  # the instance's bound; vibe's solve reports it
         bounds = np.array(
             [
-                own_bound(curves, phy2log[layer], load[layer], shape.slots_per_gpu)
+                own_bound(curves, phy2log[layer], load[layer], prob.slots_per_gpu)
                 for layer in range(L)
             ]
         )
     times = gpu_times(curves, phy2log, load, dispatch, layer_ids)
-    notes += [n for n in [split_note(phy2log, shape.num_gpus, dispatch, layer_ids)] if n]
+    notes += [n for n in [split_note(phy2log, prob.num_gpus, dispatch, layer_ids)] if n]
     if dispatch.rule != "even":
         # The certificate above is for the split the plan assumed; under another rule, bound
         # the plan's own slots with the loads that rule gives them.
-        tokens = slot_tokens(phy2log, load[None], shape.num_gpus, dispatch, layer_ids)[0]
+        tokens = slot_tokens(phy2log, load[None], prob.num_gpus, dispatch, layer_ids)[0]
         bounds = np.array(
-            [slot_bound(curves, tokens[layer], shape.slots_per_gpu) for layer in range(L)]
+            [slot_bound(curves, tokens[layer], prob.slots_per_gpu) for layer in range(L)]
         )
     placement = Placement(
-        num_gpus=shape.num_gpus,
-        slots_per_gpu=shape.slots_per_gpu,
-        num_logical_experts=shape.num_experts,
+        num_gpus=prob.num_gpus,
+        slots_per_gpu=prob.slots_per_gpu,
+        num_logical_experts=prob.num_experts,
         layer_ids=layer_ids,
         phy2log=phy2log,
-        num_nodes=shape.num_nodes,
+        num_nodes=prob.num_nodes,
         gpus=[_gpu_record(g) for g in gpus.gpus],
         method=opts.method,
         dispatch=dispatch_record(dispatch),
@@ -229,7 +229,7 @@ def solve_placement(
             "imbalance": imbalance(times).tolist(),
         },
     )
-    return SolveResult(placement, shape, status, heur, notes)
+    return SolveResult(placement, prob, status, heur, notes)
 
 
 def host_notes(hosts: list[str], num_nodes: int) -> list[str]:
@@ -244,14 +244,14 @@ def host_notes(hosts: list[str], num_nodes: int) -> list[str]:
     ]
 
 
-def baseline_map(method: str, load: np.ndarray, shape: Shape) -> np.ndarray:
+def baseline_map(method: str, load: np.ndarray, prob: Problem) -> np.ndarray:
     L = load.shape[0]
-    G, E, S = shape.num_gpus, shape.num_experts, shape.slots_per_gpu
+    G, E, S = prob.num_gpus, prob.num_experts, prob.slots_per_gpu
     if method == "linear":
         return tile_layers(linear_map(E, G, S), L)
     if method == "round_robin":
         return tile_layers(round_robin_map(E, G, S), L)
-    phy2log, _, _ = rebalance_experts(load, G * S, shape.num_groups, shape.num_nodes, G)
+    phy2log, _, _ = rebalance_experts(load, G * S, prob.num_groups, prob.num_nodes, G)
     return phy2log
 
 
@@ -280,11 +280,11 @@ def _gpu_record(g) -> dict:
 
 
 def _vibe_layers(
-    load, curves, shape: Shape, opts: SolveOptions, use_groups: bool, spread: bool, progress
+    load, curves, prob: Problem, opts: SolveOptions, use_groups: bool, spread: bool, progress
 ) -> tuple[list[LayerPlan], list[float]]:
     settings = CpSatSettings(opts.time_limit, opts.workers, opts.seed)
     args = [
-        (load[layer], curves, shape, settings, use_groups, spread, opts)
+        (load[layer], curves, prob, settings, use_groups, spread, opts)
         for layer in range(load.shape[0])
     ]
     # The heuristic is single-threaded and dominates; CP-SAT's threads only briefly overlap.
@@ -306,52 +306,52 @@ def _vibe_layers(
 
 
 def _layer_task(args) -> tuple[LayerPlan, float]:
-    load, curves, shape, settings, use_groups, spread, opts = args
-    plan = _plan_one((load, curves, shape, settings, use_groups, spread))
-    return plan, layer_global_bound(load, curves, shape, opts)
+    load, curves, prob, settings, use_groups, spread, opts = args
+    plan = _plan_one((load, curves, prob, settings, use_groups, spread))
+    return plan, layer_global_bound(load, curves, prob, opts)
 
 
-def layer_global_bound(load: np.ndarray, curves, shape: Shape, opts: SolveOptions) -> float:
+def layer_global_bound(load: np.ndarray, curves, prob: Problem, opts: SolveOptions) -> float:
     """Bound over every placement of the layer (any replica counts, group map and split); its
     pooled LP (about 1% tighter than the analytic part, 5-10x its time) only on small layers."""
     if not opts.global_bound:
         return 0.0
-    small = shape.num_experts * shape.num_gpus <= GLOBAL_LP_MAX_CELLS
+    small = prob.num_experts * prob.num_gpus <= GLOBAL_LP_MAX_CELLS
     return global_bound(
         load,
         curves,
-        shape.slots_per_gpu,
+        prob.slots_per_gpu,
         clusters=None if small else 0,
         even_split=opts.dispatch == "even",
     )
 
 
 def _plan_one(args) -> LayerPlan:
-    load, curves, shape, settings, use_groups, spread = args
+    load, curves, prob, settings, use_groups, spread = args
     if spread:
-        per_node = shape.num_gpus // shape.num_nodes
-        node_of = np.arange(shape.num_gpus) // per_node
+        per_node = prob.num_gpus // prob.num_nodes
+        node_of = np.arange(prob.num_gpus) // per_node
         return plan_layer(
             load,
             curves,
-            shape.slots_per_gpu,
+            prob.slots_per_gpu,
             settings,
             node_of=node_of,
-            max_per_expert=shape.num_nodes,
+            max_per_expert=prob.num_nodes,
         )
     if not use_groups:
-        return plan_layer(load, curves, shape.slots_per_gpu, settings)
-    return _plan_grouped(load, curves, shape, settings)
+        return plan_layer(load, curves, prob.slots_per_gpu, settings)
+    return _plan_grouped(load, curves, prob, settings)
 
 
-def _plan_grouped(load, curves, shape: Shape, settings: CpSatSettings) -> LayerPlan:
+def _plan_grouped(load, curves, prob: Problem, settings: CpSatSettings) -> LayerPlan:
     """Groups onto nodes (speed-aware), then each node planned alone on its own experts. The layer
     waits for its slowest node, so once one node's plan is final no other node needs to go below
     it: the nodes are improved slowest start first, each only down to the slowest plan so far.
     That gives the same layer makespan as improving every node fully, in a fraction of the time."""
-    N, K, G, S = shape.num_nodes, shape.num_groups, shape.num_gpus, shape.slots_per_gpu
+    N, K, G, S = prob.num_nodes, prob.num_groups, prob.num_gpus, prob.slots_per_gpu
     per_node = G // N
-    group_size = shape.num_experts // K
+    group_size = prob.num_experts // K
     node_groups = groups_to_nodes(load, curves, K, N)
     node_experts = [
         np.concatenate([np.arange(k * group_size, (k + 1) * group_size) for k in node_groups[n]])

@@ -9,7 +9,7 @@ import pytest
 from vibe_plan.artifacts.gpu_profile import ExpertShape, GpuCurve, GpuEntry, GpuProfile
 from vibe_plan.console import console
 from vibe_plan.gpus.profile import ProfileOutcome
-from vibe_plan.gpus.summary import render, shown_tokens
+from vibe_plan.gpus.render import render, shown_tokens
 
 
 def test_shown_tokens_pick_decode_knee_and_prefill():
