@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from vibe_plan.artifacts.io import atomic_write, require_file
-from vibe_plan.errors import VibeError
+from vibe_plan.errors import VibeError, first_line
 
 GPU_SCHEMA = "vibe.gpu-profile/v1"
 
@@ -59,38 +59,34 @@ class GpuProfile:
         return [g.host for g in self.gpus]
 
 
-def _fail(path: Path | str, field_name: str, msg: str) -> VibeError:
-    return VibeError(f"{path}: {field_name}: {msg}")
-
-
 def _number_list(path: Path | str, where: str, value: Any, positive: bool) -> list[float]:
     if not isinstance(value, list) or not value:
-        raise _fail(path, where, "must be a non-empty list of numbers")
+        raise VibeError.at(path, where, "must be a non-empty list of numbers")
     out = []
     for i, v in enumerate(value):
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise _fail(path, f"{where}[{i}]", f"{v!r} is not a number")
+            raise VibeError.at(path, f"{where}[{i}]", f"{v!r} is not a number")
         x = float(v)
         if not math.isfinite(x):
-            raise _fail(path, f"{where}[{i}]", f"{v} is not finite; re-run profiling")
+            raise VibeError.at(path, f"{where}[{i}]", f"{v} is not finite; re-run profiling")
         if positive and x <= 0:
-            raise _fail(path, f"{where}[{i}]", f"{v} must be positive")
+            raise VibeError.at(path, f"{where}[{i}]", f"{v} must be positive")
         out.append(x)
     return out
 
 
 def _parse_curve(path: Path | str, where: str, raw: Any) -> GpuCurve:
     if not isinstance(raw, dict):
-        raise _fail(path, where, "missing or not a mapping with tokens and time_us")
+        raise VibeError.at(path, where, "missing or not a mapping with tokens and time_us")
     for key in ("tokens", "time_us"):
         if key not in raw:
-            raise _fail(path, f"{where}.{key}", "missing")
+            raise VibeError.at(path, f"{where}.{key}", "missing")
     tokens_f = _number_list(path, f"{where}.tokens", raw["tokens"], positive=True)
     if any(t != int(t) for t in tokens_f):
-        raise _fail(path, f"{where}.tokens", "token counts must be integers")
+        raise VibeError.at(path, f"{where}.tokens", "token counts must be integers")
     tokens = [int(t) for t in tokens_f]
     if any(b <= a for a, b in zip(tokens, tokens[1:], strict=False)):
-        raise _fail(path, f"{where}.tokens", "must strictly increase")
+        raise VibeError.at(path, f"{where}.tokens", "must strictly increase")
     curve = GpuCurve(tokens, _number_list(path, f"{where}.time_us", raw["time_us"], True))
     for key in ("p10_us", "p90_us"):
         if raw.get(key) is not None:
@@ -98,7 +94,7 @@ def _parse_curve(path: Path | str, where: str, raw: Any) -> GpuCurve:
     for key in ("time_us", "p10_us", "p90_us"):
         values = getattr(curve, key)
         if values is not None and len(values) != len(tokens):
-            raise _fail(
+            raise VibeError.at(
                 path,
                 f"{where}.{key}",
                 f"has {len(values)} values but tokens has {len(tokens)}; they must match",
@@ -108,13 +104,13 @@ def _parse_curve(path: Path | str, where: str, raw: Any) -> GpuCurve:
 
 def gpu_profile_from_dict(raw: Any, path: Path | str = "<gpu profile>") -> GpuProfile:
     if not isinstance(raw, dict):
-        raise _fail(path, "top level", "must be a mapping (is this a GPU profile YAML?)")
+        raise VibeError.at(path, "top level", "must be a mapping (is this a GPU profile YAML?)")
     schema = raw.get("schema")
     if schema != GPU_SCHEMA:
-        raise _fail(path, "schema", f"expected {GPU_SCHEMA!r}, found {schema!r}")
+        raise VibeError.at(path, "schema", f"expected {GPU_SCHEMA!r}, found {schema!r}")
     exp = raw.get("expert")
     if not isinstance(exp, dict):
-        raise _fail(path, "expert", "missing; needs {hidden, intermediate, dtype, gated}")
+        raise VibeError.at(path, "expert", "missing; needs {hidden, intermediate, dtype, gated}")
     try:
         expert = ExpertShape(
             hidden=int(exp["hidden"]),
@@ -123,24 +119,26 @@ def gpu_profile_from_dict(raw: Any, path: Path | str = "<gpu profile>") -> GpuPr
             gated=bool(exp.get("gated", True)),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise _fail(
+        raise VibeError.at(
             path, "expert", f"bad or missing field ({e}); needs integer hidden, intermediate"
         )
     if expert.hidden <= 0 or expert.intermediate <= 0:
-        raise _fail(path, "expert", "hidden and intermediate must be positive")
+        raise VibeError.at(path, "expert", "hidden and intermediate must be positive")
     method = raw.get("method") or {}
     if not isinstance(method, dict):
-        raise _fail(path, "method", "must be a mapping")
+        raise VibeError.at(path, "method", "must be a mapping")
     gpus_raw = raw.get("gpus")
     if not isinstance(gpus_raw, list) or not gpus_raw:
-        raise _fail(path, "gpus", "missing or empty; list one entry per GPU in EP rank order")
+        raise VibeError.at(
+            path, "gpus", "missing or empty; list one entry per GPU in EP rank order"
+        )
     gpus = []
     for i, g in enumerate(gpus_raw):
         if not isinstance(g, dict):
-            raise _fail(path, f"gpus[{i}]", "must be a mapping")
+            raise VibeError.at(path, f"gpus[{i}]", "must be a mapping")
         tel = g.get("telemetry")
         if tel is not None and not isinstance(tel, dict):
-            raise _fail(path, f"gpus[{i}].telemetry", "must be a mapping")
+            raise VibeError.at(path, f"gpus[{i}].telemetry", "must be a mapping")
         gpus.append(
             GpuEntry(
                 id=int(g.get("id", i)),
@@ -161,7 +159,7 @@ def load_gpu_profile(path: str | Path) -> GpuProfile:
     try:
         raw = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise VibeError(f"{path}: not valid YAML ({first}); is this a GPU profile?")
     return gpu_profile_from_dict(raw, path)
 

@@ -58,39 +58,37 @@ class RoutingProfile:
         return head, tail
 
 
-def _fail(path: Path | str, field: str, msg: str) -> VibeError:
-    return VibeError(f"{path}: {field}: {msg}")
-
-
 def validate_routing(
     counts: Any, layer_ids: Any, meta: Any, path: Path | str = "<routing profile>"
 ) -> RoutingProfile:
     counts = np.asarray(counts)
     if counts.ndim != 3:
-        raise _fail(
+        raise VibeError.at(
             path,
             "counts",
             f"must have rank 3 [batches, layers, experts], has shape {list(counts.shape)}",
         )
     if counts.size == 0 or 0 in counts.shape:
-        raise _fail(path, "counts", f"is empty (shape {list(counts.shape)}); record some batches")
+        raise VibeError.at(
+            path, "counts", f"is empty (shape {list(counts.shape)}); record some batches"
+        )
     if counts.dtype.kind == "f":
         if not np.all(np.isfinite(counts)):
-            raise _fail(path, "counts", "contains NaN or inf; token counts must be integers")
+            raise VibeError.at(path, "counts", "contains NaN or inf; token counts must be integers")
         if not np.all(counts == np.round(counts)):
-            raise _fail(
+            raise VibeError.at(
                 path, "counts", "contains non-integer values; token counts must be integers"
             )
     elif counts.dtype.kind not in "iu":
-        raise _fail(path, "counts", f"dtype {counts.dtype} is not an integer type")
+        raise VibeError.at(path, "counts", f"dtype {counts.dtype} is not an integer type")
     counts = counts.astype(np.int64)
     if (counts < 0).any():
-        raise _fail(path, "counts", "contains negative values")
+        raise VibeError.at(path, "counts", "contains negative values")
     layer_ids = np.asarray(layer_ids)
     if layer_ids.ndim != 1 or layer_ids.dtype.kind not in "iu":
-        raise _fail(path, "layer_ids", "must be a 1-d integer array")
+        raise VibeError.at(path, "layer_ids", "must be a 1-d integer array")
     if len(layer_ids) != counts.shape[1]:
-        raise _fail(
+        raise VibeError.at(
             path,
             "layer_ids",
             f"has {len(layer_ids)} entries but counts has "
@@ -98,27 +96,31 @@ def validate_routing(
         )
     layer_ids = layer_ids.astype(np.int64)
     if (layer_ids < 0).any() or np.any(np.diff(layer_ids) <= 0):
-        raise _fail(path, "layer_ids", "must be non-negative and strictly increasing")
+        raise VibeError.at(path, "layer_ids", "must be non-negative and strictly increasing")
     if not isinstance(meta, dict):
-        raise _fail(path, "meta", "must be a JSON object")
+        raise VibeError.at(path, "meta", "must be a JSON object")
     if meta.get("schema") != ROUTING_SCHEMA:
-        raise _fail(
+        raise VibeError.at(
             path, "meta.schema", f"expected {ROUTING_SCHEMA!r}, found {meta.get('schema')!r}"
         )
     ne = meta.get("num_experts")
     if ne is not None and int(ne) != counts.shape[2]:
-        raise _fail(path, "meta.num_experts", f"says {ne} but counts has {counts.shape[2]} experts")
+        raise VibeError.at(
+            path, "meta.num_experts", f"says {ne} but counts has {counts.shape[2]} experts"
+        )
     nh = meta.get("num_hidden_layers")
     if nh is not None and int(nh) <= int(layer_ids.max()):
-        raise _fail(
+        raise VibeError.at(
             path, "meta.num_hidden_layers", f"{nh} but layer_ids reach {int(layer_ids.max())}"
         )
     ng = meta.get("num_groups")
     if ng and counts.shape[2] % int(ng) != 0:
-        raise _fail(path, "meta.num_groups", f"{ng} does not divide {counts.shape[2]} experts")
+        raise VibeError.at(
+            path, "meta.num_groups", f"{ng} does not divide {counts.shape[2]} experts"
+        )
     phase = meta.get("phase")
     if phase is not None and phase not in PHASES:
-        raise _fail(path, "meta.phase", f"{phase!r} is not one of {', '.join(PHASES)}")
+        raise VibeError.at(path, "meta.phase", f"{phase!r} is not one of {', '.join(PHASES)}")
     return RoutingProfile(counts, layer_ids, meta)
 
 
@@ -131,15 +133,15 @@ def load_routing_profile(path: str | Path) -> RoutingProfile:
         raise VibeError(f"{path}: not a readable .npz file ({e}); is this a routing profile?")
     for key in ("counts", "layer_ids", "meta"):
         if key not in arrays:
-            raise _fail(path, key, "missing from the .npz (needs counts, layer_ids, meta)")
+            raise VibeError.at(path, key, "missing from the .npz (needs counts, layer_ids, meta)")
     raw_meta = arrays["meta"]
     if raw_meta.ndim != 0 or raw_meta.dtype.kind not in "US":
-        raise _fail(path, "meta", "must be a 0-d string array holding JSON")
+        raise VibeError.at(path, "meta", "must be a 0-d string array holding JSON")
     try:
         text = raw_meta[()]
         meta = json.loads(text.decode() if isinstance(text, bytes) else str(text))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _fail(path, "meta", f"is not valid JSON ({e})")
+        raise VibeError.at(path, "meta", f"is not valid JSON ({e})")
     return validate_routing(arrays["counts"], arrays["layer_ids"], meta, path)
 
 

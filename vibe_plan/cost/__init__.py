@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vibe_plan.artifacts.gpu_profile import GpuProfile
+from vibe_plan.artifacts.gpu_profile import GpuCurve, GpuProfile
 from vibe_plan.cost.dispatch import Dispatch, slot_tokens
 
 EVEN = Dispatch()
@@ -42,8 +42,13 @@ class TimeCurve:
         return out
 
 
+def time_curve(curve: GpuCurve) -> TimeCurve:
+    """A profile's measured points as the cost model's curve."""
+    return TimeCurve.from_points(curve.tokens, curve.time_us)
+
+
 def curves_of(profile: GpuProfile) -> list[TimeCurve]:
-    return [TimeCurve.from_points(g.curve.tokens, g.curve.time_us) for g in profile.gpus]
+    return [time_curve(g.curve) for g in profile.gpus]
 
 
 def expert_time(curves: list[TimeCurve], per_replica_load: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 
 from vibe_plan.artifacts.gpu_profile import GpuCurve, GpuEntry, GpuProfile
 from vibe_plan.artifacts.io import sha256_file
-from vibe_plan.cost import TimeCurve
+from vibe_plan.cost import time_curve
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import fit_scale, isotonic
 from vibe_plan.gpus.plan import Plan, ProfileRequest, build_plan, check_request, parse_gpus
@@ -169,7 +169,7 @@ def finish(
         profile.extra["quick"] = quick_block
     validation = None
     if plan.spec.vectors:
-        curves = [TimeCurve.from_points(e.curve.tokens, e.curve.time_us) for e in entries]
+        curves = [time_curve(e.curve) for e in entries]
         validation = validation_block(
             [e.id for e in entries],
             curves,
@@ -228,9 +228,7 @@ def _quick_curves(req: ProfileRequest, plan: Plan, done: list[DeviceResult]) -> 
                 "GPUs in the same rank order (else run a full profile)"
             )
         measured = isotonic(r.median_us)
-        scale, residual = fit_scale(
-            TimeCurve.from_points(b.curve.tokens, b.curve.time_us), r.tokens, measured
-        )
+        scale, residual = fit_scale(time_curve(b.curve), r.tokens, measured)
 
         def scaled(values: list[float] | None, s: float = scale) -> list[float] | None:
             return None if values is None else [v * s for v in values]

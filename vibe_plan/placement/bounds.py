@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vibe_plan.cost import TimeCurve, expert_time
+
 
 def work_bound(p: np.ndarray) -> float:
     """Total work over total speed, with each GPU's speed taken at its most favourable ratio to a
@@ -92,3 +94,14 @@ def lp_bound(
         return 0.0
     # GLOP's tolerances are ~1e-7 relative; shave that off so the bound stays valid.
     return float(T.solution_value()) * scale * (1 - 1e-6)
+
+
+def own_bound(curves: list[TimeCurve], row: np.ndarray, load: np.ndarray, slots: int) -> float:
+    """Lower bound for the items (replicas) a plan chose, each with n / r tokens."""
+    cnt = np.bincount(row, minlength=len(load))
+    return slot_bound(curves, (load / np.maximum(cnt, 1))[row], slots)
+
+
+def slot_bound(curves: list[TimeCurve], tokens: np.ndarray, slots: int) -> float:
+    """Lower bound for a plan's slots with the tokens its dispatch rule gives them: [P]."""
+    return lower_bound(expert_time(curves, tokens), slots)

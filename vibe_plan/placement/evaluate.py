@@ -12,7 +12,7 @@ from vibe_plan.artifacts.routing_profile import RoutingProfile
 from vibe_plan.cost import EVEN, curves_of, slot_gpu_times
 from vibe_plan.cost.dispatch import Dispatch, slot_tokens
 from vibe_plan.errors import VibeError
-from vibe_plan.placement.solve import slot_bound
+from vibe_plan.placement.bounds import slot_bound
 
 
 @dataclass

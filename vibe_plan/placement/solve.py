@@ -14,14 +14,13 @@ from vibe_plan.artifacts.routing_profile import RoutingProfile
 from vibe_plan.cost import (
     TimeCurve,
     curves_of,
-    expert_time,
     gpu_times,
     imbalance,
 )
 from vibe_plan.cost.dispatch import Dispatch, rank_split, slot_tokens, split_note
 from vibe_plan.errors import VibeError
 from vibe_plan.placement.baselines import linear_map, round_robin_map, tile_layers
-from vibe_plan.placement.bounds import lower_bound
+from vibe_plan.placement.bounds import own_bound, slot_bound
 from vibe_plan.placement.cpsat import CpSatSettings
 from vibe_plan.placement.eplb import rebalance_experts
 from vibe_plan.placement.global_bound import global_bound
@@ -253,17 +252,6 @@ def baseline_map(method: str, load: np.ndarray, prob: Problem) -> np.ndarray:
         return tile_layers(round_robin_map(E, G, S), L)
     phy2log, _, _ = rebalance_experts(load, G * S, prob.num_groups, prob.num_nodes, G)
     return phy2log
-
-
-def own_bound(curves: list[TimeCurve], row: np.ndarray, load: np.ndarray, slots: int) -> float:
-    """Lower bound for the items (replicas) a plan chose, each with n / r tokens."""
-    cnt = np.bincount(row, minlength=len(load))
-    return slot_bound(curves, (load / np.maximum(cnt, 1))[row], slots)
-
-
-def slot_bound(curves: list[TimeCurve], tokens: np.ndarray, slots: int) -> float:
-    """Lower bound for a plan's slots with the tokens its dispatch rule gives them: [P]."""
-    return lower_bound(expert_time(curves, tokens), slots)
 
 
 def dispatch_record(d: Dispatch) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vibe_plan.errors import VibeError
+from vibe_plan.errors import VibeError, first_line
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,7 +45,7 @@ def load_model(model_dir: str | Path, device: str, dtype: str, quiet: bool = Fal
     except ImportError as e:  # e.g. device_map="auto" without accelerate installed
         raise VibeError(f"loading {model_dir} needs a missing package: {e}") from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise VibeError(f"cannot load the model from {model_dir}: {first}") from None
     if device == "cpu":
         model = model.to("cpu")
@@ -70,7 +70,7 @@ def load_tokenizer(model_dir: str | Path) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise VibeError(
             f"cannot load a tokenizer from {model_dir} ({first}); the folder needs the "
             "tokenizer files saved with the model"
