@@ -12,8 +12,8 @@ import time
 import torch
 
 from vibe_plan.artifacts.gpu_profile import ExpertShape
-from vibe_plan.gpus.models import resolve_model
 from vibe_plan.gpus.worker import BenchSpec, measure_device
+from vibe_plan.model_config import resolve_model
 
 
 def main() -> None:

@@ -119,7 +119,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / args.arch
         build(args.arch, folder)
-        model = load_model(folder, "cpu", "auto", quiet=True)
+        model = load_model(folder, "cpu", "auto")
     routers = find_routers(model)
     num_experts = next(iter(routers.values())).weight.shape[0]
     g = torch.Generator().manual_seed(0)
@@ -148,13 +148,13 @@ def main() -> None:
     ]
     batches = prefill_batches(reqs, 1024)
     with RouterRecorder(routers, num_experts) as rec2:
-        res = replay(model, rec2, batches, 0, torch.device("cpu"), 0, True, 0, quiet=True)
+        res = replay(model, rec2, batches, 0, torch.device("cpu"), 0, True, 0)
     print(
         f"replay prefill: {res.tokens} tokens in {len(batches)} batches, {res.seconds:.2f} s, "
         f"{res.tokens / res.seconds:,.0f} tokens/s"
     )
     with RouterRecorder(routers, num_experts) as rec3:
-        res = replay(model, rec3, batches[:2], 0, torch.device("cpu"), 8, False, 0, quiet=True)
+        res = replay(model, rec3, batches[:2], 0, torch.device("cpu"), 8, False, 0)
     steps = len(res.rows)
     print(
         f"replay decode: {res.tokens} tokens in {steps} steps (about "

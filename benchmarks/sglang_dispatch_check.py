@@ -144,7 +144,7 @@ def check_lp() -> bool:
     rng = np.random.default_rng(2)
     ok = True
     for name, rows, G, _N in cases(2):
-        from vibe_plan.placement.eplb import make_log2phy
+        from vibe_plan.artifacts.placement import make_log2phy
 
         E = int(rows.max()) + 1
         worst = 0.0

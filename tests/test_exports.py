@@ -18,9 +18,8 @@ from placement_inputs import (
 )
 
 from vibe_plan.artifacts import Placement
+from vibe_plan.engines import decoder_rows, export_placement
 from vibe_plan.errors import VibeError
-from vibe_plan.export import export_placement
-from vibe_plan.export.engines import decoder_rows
 
 E, G, L, HIDDEN = 16, 4, 3, 6
 LAYER_IDS = [1, 2, 4]  # decoder layers 0, 3 and 5 are dense
@@ -149,3 +148,25 @@ def test_exports_follow_the_placement_not_the_method(tmp_path):
     rb = load_json(tmp_path / "b.json")["physical_to_logical_map"]
     assert ra[0] == rb[0] and ra[1] == rb[1] == [0, 1, 2, 3, 0, 1]
     assert ra[2] == [3, 2, 1, 0, 3, 2] and rb[2] == [0, 1, 2, 3, 2, 1]
+
+
+def test_placement_readers_by_format(tmp_path):
+    """`vibe_plan.engines.load_placement` reads every format; the vibe-only reader refuses engine
+    files; an unknown file names the formats it looked for."""
+    from vibe_plan.artifacts import load_placement as load_vibe
+    from vibe_plan.engines import load_placement, placement_format
+
+    p = Placement(2, 3, 4, [0, 2], np.array([[0, 1, 2, 3, 0, 1], [3, 2, 1, 0, 3, 2]]))
+    specs = [("sglang", tmp_path / "s.json"), ("trtllm", tmp_path / "t.yaml")]
+    export_placement(p, [*specs, ("eplb", tmp_path / "e.json")], 3)
+    for fmt, name in (("sglang", "s.json"), ("trtllm", "t.yaml"), ("eplb", "e.json")):
+        doc = yaml.safe_load((tmp_path / name).read_text())
+        assert placement_format(tmp_path / name, doc) == fmt
+        back, warns = load_placement(tmp_path / name, 2, [0, 2], 4)
+        assert back.method == f"{fmt}-file" and warns == []
+        np.testing.assert_array_equal(back.phy2log, p.phy2log)
+    with pytest.raises(VibeError, match="schema"):
+        load_vibe(tmp_path / "s.json", 2, [0, 2], 4)
+    (tmp_path / "x.json").write_text('{"map": [[0]]}')
+    with pytest.raises(VibeError, match="unknown placement format"):
+        load_placement(tmp_path / "x.json", 2, [0, 2], 4)

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from vibe_plan.errors import VibeError
-from vibe_plan.gpus.models import PRESETS, normalize_dtype, resolve_model
+from vibe_plan.gpus.options import normalize_dtype
+from vibe_plan.model_config import PRESETS, resolve_model
 
 
 def write_config(folder, cfg: dict) -> None:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from placement_inputs import assert_valid_map
 
+from vibe_plan.artifacts.placement import make_log2phy
 from vibe_plan.cost import TimeCurve, expert_time, gpu_times
 from vibe_plan.placement.baselines import linear_map, round_robin_map, tile_layers
 from vibe_plan.placement.cpsat import CpSatSettings, solve_layer
-from vibe_plan.placement.eplb import balanced_packing, make_log2phy, rebalance_experts
+from vibe_plan.placement.eplb import balanced_packing, rebalance_experts
 from vibe_plan.placement.heuristic import (
     gpu_finish,
     items_of,

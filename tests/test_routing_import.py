@@ -172,3 +172,28 @@ def test_import_bad_inputs(case, expect, vibe, ds3, tmp_path):
     assert r.code == 2, (r.out, r.err)
     assert r.err.startswith("error: ") and expect in r.err, r.err
     assert not out.exists()
+
+
+def test_readers_return_notes_and_the_command_prints_them(vibe, capsys, tmp_path):
+    """Engine readers never print: warnings come back in EngineDump.notes; the command shows them
+    (even with --quiet) in reading order."""
+    from safetensors.numpy import save_file
+
+    from vibe_plan.engines import read_dump
+
+    dump = tmp_path / "stats"
+    dump.mkdir()
+    (dump / "meta_info.json").write_text(json.dumps({"num_experts": 4, "num_experts_per_token": 1}))
+    save_file(
+        {"0_1": np.ones(4, np.int64), "1_2": np.ones(4, np.int64)}, str(dump / "rank0.safetensors")
+    )
+    got = read_dump(dump, "trtllm")
+    assert got.notes == ["2 (iteration, layer) pairs missing from the dump; counted as zero"]
+    assert capsys.readouterr().err == ""
+
+    np.save(tmp_path / "req.npy", _routed(5))
+    r = vibe("import-routing", tmp_path / "req.npy", "--out", tmp_path / "v.npz", "--quiet")
+    assert r.code == 0, r.err
+    lines = [line for line in r.err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 2, r.err
+    assert "assuming" in lines[0] and "numbers MoE layers 0..1" in lines[1]

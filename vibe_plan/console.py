@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -58,3 +58,32 @@ class _SilentProgress:
 
     def update(self, *args: object, **kwargs: object) -> None:
         pass
+
+
+@contextmanager
+def token_progress(label: str, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A callback `(done, total)` drawing a bar with tokens/s on a terminal, else doing nothing."""
+    if not interactive(quiet):
+        yield lambda done, total: None
+        return
+    import time
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    start = time.perf_counter()
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tokens"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as p:
+        task = p.add_task(label, total=None, rate="")
+
+        def show(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            p.update(task, completed=done, total=total, rate=f"{rate:,.0f} tokens/s")
+
+        yield show

@@ -1,12 +1,17 @@
-"""Atomic writes and hashing: a failed run must never leave a partial output file behind."""
+"""File plumbing shared by every format: atomic writes (a failed run never leaves a partial
+output file behind), hashing, and the JSON / YAML / JSONL readers with one error style."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from vibe_plan.errors import VibeError
 
@@ -67,3 +72,32 @@ def require_file(path: str | Path, what: str) -> Path:
     if not path.is_file():
         raise VibeError(f"{what} {path} is not a file; pass the file itself")
     return path
+
+
+def read_doc(path: Path, what: str) -> Any:
+    """A JSON document, or YAML for .yaml/.yml files; a parse error names the file and `what`."""
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_load(path.read_text())
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        raise VibeError(f"{path}: not valid {kind} ({first}); is this a {what}?")
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file; each must be an object."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise VibeError(
+                    f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})"
+                ) from None
+            if not isinstance(obj, dict):
+                raise VibeError(f"{path}:{n}: each line must be a JSON object")
+            yield n, obj

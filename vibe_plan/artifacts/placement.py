@@ -1,7 +1,8 @@
 """Placement (`vibe.placement/v1`, JSON): the physical-to-logical expert map of every MoE layer.
 
-Also reads the engines' own placement files (SGLang `--init-expert-location`, EPLB-style tensors),
-so that `vibe evaluate` can score what a deployment already runs.
+Only vibe's own format lives here. The engines' placement files (SGLang `--init-expert-location`,
+TensorRT-LLM's load-balancer YAML, EPLB-style tensors) are read and written in `vibe_plan.engines`,
+whose `load_placement` takes any of them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from vibe_plan.artifacts.io import atomic_write, require_file
+from vibe_plan.artifacts.io import atomic_write, read_doc, require_file
 from vibe_plan.errors import VibeError
 
 PLACEMENT_SCHEMA = "vibe.placement/v1"
@@ -119,19 +119,24 @@ def save_placement(p: Placement, path: str | Path) -> None:
     atomic_write(path, dump_placement(p))
 
 
-def _read_doc(path: Path, what: str) -> Any:
-    """JSON, or YAML for .yaml/.yml files (TensorRT-LLM's load-balancer file)."""
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            return yaml.safe_load(path.read_text())
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
-        raise VibeError(f"{path}: not valid {kind} ({first}); is this a {what}?")
+def make_log2phy(
+    phy2log: np.ndarray, num_log: int, phyrank: np.ndarray | None = None
+) -> np.ndarray:
+    """[layers, logical, maxlogcnt] physical slots of each expert, padded with -1."""
+    rows, num_phy = phy2log.shape
+    maxlogcnt = num_phy - num_log + 1
+    log2phy = np.full((rows, num_log, maxlogcnt), -1, dtype=np.int64)
+    for i in range(rows):
+        seen = np.zeros(num_log, dtype=np.int64)
+        for slot, e in enumerate(phy2log[i]):
+            r = phyrank[i, slot] if phyrank is not None else seen[e]
+            log2phy[i, e, r] = slot
+            seen[e] += 1
+    return log2phy
 
 
-def _int_map(path: Path, key: str, value: Any) -> np.ndarray:
+def int_map(path: str | Path, key: str, value: Any) -> np.ndarray:
+    """A rectangular list of integer rows as int64 [rows, slots]; errors name `path: key`."""
     try:
         arr = np.asarray(value)
     except ValueError:
@@ -147,72 +152,30 @@ def load_placement(
     layer_ids: list[int] | None = None,
     num_experts: int | None = None,
 ) -> tuple[Placement, list[str]]:
-    """Read a vibe placement, an SGLang init-expert-location JSON, a TensorRT-LLM load-balancer
-    YAML or an EPLB-style JSON.
+    """Read a vibe placement file, checked against the GPU count, MoE layer ids and expert count
+    of the profiles it will be used with (each `None`: not checked). Returns it and warnings.
 
-    Engine files carry no GPU count or layer ids: `num_gpus` and `layer_ids` (from the GPU and
-    routing profiles) fill them in; SGLang rows are per decoder layer and get picked by `layer_ids`.
-    Returns the placement and warnings.
+    Engine placement files: `vibe_plan.engines.load_placement` reads those and this format.
     """
     path = require_file(path, "placement")
-    raw = _read_doc(path, "placement file")
-    if not isinstance(raw, dict):
-        raise VibeError(f"{path}: top level must be a mapping (JSON object)")
-    if raw.get("schema") == PLACEMENT_SCHEMA:
-        return _from_vibe(path, raw, num_gpus, layer_ids, num_experts)
-    if "schema" in raw:
-        raise VibeError(f"{path}: schema: expected {PLACEMENT_SCHEMA!r}, found {raw['schema']!r}")
-    if set(raw) == {"physical_to_logical_map"}:
-        method = "sglang-file"
-        m = _int_map(path, "physical_to_logical_map", raw["physical_to_logical_map"])
-        if layer_ids is None:
-            raise VibeError(f"{path}: an SGLang file needs the routing profile's layer ids")
-        if m.shape[0] <= max(layer_ids):
-            raise VibeError(
-                f"{path}: physical_to_logical_map has {m.shape[0]} rows but the "
-                f"routing profile has decoder layer {max(layer_ids)}"
-            )
-        m = m[list(layer_ids)]
-    elif "phy2log" in raw:
-        method = "eplb-file"
-        m = _int_map(path, "phy2log", raw["phy2log"])
-    elif "initial_global_assignments" in raw:
-        method = "trtllm-file"
-        assign = raw["initial_global_assignments"]
-        if not isinstance(assign, dict) or layer_ids is None:
-            raise VibeError(f"{path}: initial_global_assignments must map decoder layers to rows")
-        missing = [layer for layer in layer_ids if layer not in assign]
-        if missing:
-            raise VibeError(
-                f"{path}: initial_global_assignments lacks decoder layers {missing[:5]}"
-            )
-        m = _int_map(path, "initial_global_assignments", [assign[x] for x in layer_ids])
-    else:
-        raise VibeError(
-            f"{path}: unknown placement format: expected schema {PLACEMENT_SCHEMA!r}, a "
-            "TensorRT-LLM file with initial_global_assignments, "
-            "an SGLang file with only physical_to_logical_map, or one with phy2log"
-        )
-    if num_gpus is None:
-        raise VibeError(f"{path}: engine files need the GPU count from a GPU profile")
-    ne = num_experts if num_experts is not None else int(m.max()) + 1
-    if layer_ids is not None and m.shape[0] != len(layer_ids):
-        raise VibeError(
-            f"{path}: map has {m.shape[0]} rows but the routing profile has "
-            f"{len(layer_ids)} MoE layers"
-        )
-    warns = check_map(m, num_gpus, ne, f"{path}: map")
-    lids = list(layer_ids) if layer_ids is not None else list(range(m.shape[0]))
-    return Placement(num_gpus, m.shape[1] // num_gpus, ne, lids, m, method=method), warns
+    doc = read_doc(path, "placement file")
+    return placement_from_doc(path, doc, num_gpus, layer_ids, num_experts)
 
 
-def _from_vibe(
+def placement_from_doc(
     path: Path,
-    raw: dict[str, Any],
+    raw: Any,
     num_gpus: int | None,
     layer_ids: list[int] | None,
     num_experts: int | None,
 ) -> tuple[Placement, list[str]]:
+    """The placement in an already parsed vibe placement document (`path` only names it)."""
+    if not isinstance(raw, dict):
+        raise VibeError(f"{path}: top level must be a mapping (JSON object)")
+    if raw.get("schema") != PLACEMENT_SCHEMA:
+        raise VibeError(
+            f"{path}: schema: expected {PLACEMENT_SCHEMA!r}, found {raw.get('schema')!r}"
+        )
     need = [
         "num_gpus",
         "slots_per_gpu",
@@ -223,7 +186,7 @@ def _from_vibe(
     for key in need:
         if key not in raw:
             raise VibeError(f"{path}: {key}: missing")
-    m = _int_map(path, "physical_to_logical_map", raw["physical_to_logical_map"])
+    m = int_map(path, "physical_to_logical_map", raw["physical_to_logical_map"])
     G, S, E = int(raw["num_gpus"]), int(raw["slots_per_gpu"]), int(raw["num_logical_experts"])
     lids = [int(x) for x in raw["layer_ids"]]
     if m.shape != (len(lids), G * S):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from vibe_plan.artifacts.gpu_profile import ExpertShape
 from vibe_plan.errors import VibeError
-from vibe_plan.gpus.models import BACKENDS
+from vibe_plan.gpus.options import BACKENDS
 
 CPU_FLUSH_BYTES = 64 << 20  # larger than the last-level cache slice a core sees on current servers
 MAX_WEIGHT_COPIES = 16

@@ -9,9 +9,10 @@ from pathlib import Path
 from vibe_plan.artifacts.gpu_profile import ExpertShape, GpuProfile, load_gpu_profile
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import pick_quick_points
-from vibe_plan.gpus.models import BACKENDS, ModelShape, normalize_dtype, resolve_model
+from vibe_plan.gpus.options import BACKENDS, normalize_dtype
 from vibe_plan.gpus.validate import draw_vectors
 from vibe_plan.gpus.worker import BenchSpec
+from vibe_plan.model_config import ModelShape, resolve_model
 
 # Dense every 16 tokens across the 64/128 tile steps and the 150-250 token knee, then up to
 # prefill-sized loads (several thousand tokens per expert).

@@ -84,8 +84,7 @@ def solve(
     from vibe_plan.artifacts.io import atomic_write, check_writable, sha256_file
     from vibe_plan.console import console, progress, warn
     from vibe_plan.cost.dispatch import Dispatch, origin_shares
-    from vibe_plan.export import parse_export_specs
-    from vibe_plan.export.engines import export_texts
+    from vibe_plan.engines import export_texts, parse_export_specs
     from vibe_plan.placement.report import solve_table
     from vibe_plan.placement.solve import SolveOptions, resolve_nodes, solve_placement
 
@@ -160,11 +159,12 @@ def evaluate(
     Per-forward MoE time (sum over layers of the slowest GPU): mean, p50, p95; imbalance; distance
     to the lower bound; which GPUs are the stragglers how often.
     """
-    from vibe_plan.artifacts import load_gpu_profile, load_placement, load_routing_profile
+    from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
     from vibe_plan.artifacts.io import atomic_write, check_writable
     from vibe_plan.console import console, warn
     from vibe_plan.cost.dispatch import Dispatch, origin_shares, split_note
-    from vibe_plan.placement.evaluate import score, scores_frame
+    from vibe_plan.engines import load_placement
+    from vibe_plan.placement.evaluate import rows_csv, score, score_rows
     from vibe_plan.placement.report import evaluate_table
     from vibe_plan.placement.solve import resolve_nodes
 
@@ -189,8 +189,8 @@ def evaluate(
         note = split_note(p.phy2log, p.num_gpus, rule, [int(x) for x in rp.layer_ids])
         if note:
             warn(f"{path}: {note}")
-    frame = scores_frame(scores)
-    console.print(evaluate_table(frame, rule.rule))
+    rows = score_rows(scores)
+    console.print(evaluate_table(rows, rule.rule))
     if csv is not None:
-        atomic_write(csv, frame.to_csv(index=False))
+        atomic_write(csv, rows_csv(rows))
         console.print(f"wrote {csv}")

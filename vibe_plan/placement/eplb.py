@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vibe_plan.artifacts.placement import make_log2phy
+
 
 def balanced_packing(weight: np.ndarray, num_packs: int) -> tuple[np.ndarray, np.ndarray]:
     """Put n items per row into `num_packs` packs of n / num_packs items, heaviest item first into
@@ -110,19 +112,3 @@ def rebalance_experts(
         phy2log, phyrank, logcnt = rebalance_hierarchical(weight, num_replicas, 1, 1, num_gpus)
     log2phy = make_log2phy(phy2log, num_log, phyrank)
     return phy2log, log2phy, logcnt
-
-
-def make_log2phy(
-    phy2log: np.ndarray, num_log: int, phyrank: np.ndarray | None = None
-) -> np.ndarray:
-    """[layers, logical, maxlogcnt] physical slots of each expert, padded with -1."""
-    rows, num_phy = phy2log.shape
-    maxlogcnt = num_phy - num_log + 1
-    log2phy = np.full((rows, num_log, maxlogcnt), -1, dtype=np.int64)
-    for i in range(rows):
-        seen = np.zeros(num_log, dtype=np.int64)
-        for slot, e in enumerate(phy2log[i]):
-            r = phyrank[i, slot] if phyrank is not None else seen[e]
-            log2phy[i, e, r] = slot
-            seen[e] += 1
-    return log2phy

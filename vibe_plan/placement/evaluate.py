@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,25 +95,30 @@ def score(
     )
 
 
-def scores_frame(scores: list[Score]):
-    """pandas DataFrame of the scores, one row per placement."""
-    import pandas as pd
-
+def score_rows(scores: list[Score]) -> list[dict]:
+    """One row per placement, the first as the reference (`vs_first`): the table and the CSV."""
     base = scores[0].mean_us
-    return pd.DataFrame(
-        [
-            {
-                "placement": s.name,
-                "method": s.method,
-                "batches": s.batches,
-                "mean_us": round(s.mean_us, 3),
-                "p50_us": round(s.p50_us, 3),
-                "p95_us": round(s.p95_us, 3),
-                "vs_first": round(s.mean_us / base, 5),
-                "imbalance": round(s.imbalance, 5),
-                "above_bound": round(s.above_bound, 5),
-                "top_stragglers": s.top_stragglers(),
-            }
-            for s in scores
-        ]
-    )
+    return [
+        {
+            "placement": s.name,
+            "method": s.method,
+            "batches": s.batches,
+            "mean_us": round(s.mean_us, 3),
+            "p50_us": round(s.p50_us, 3),
+            "p95_us": round(s.p95_us, 3),
+            "vs_first": round(s.mean_us / base, 5),
+            "imbalance": round(s.imbalance, 5),
+            "above_bound": round(s.above_bound, 5),
+            "top_stragglers": s.top_stragglers(),
+        }
+        for s in scores
+    ]
+
+
+def rows_csv(rows: list[dict]) -> str:
+    """Rows (same keys) as CSV text with a header line."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -80,7 +80,7 @@ def solve_table(res: SolveResult, others: dict[str, SolveResult], wall_s: float)
     return t
 
 
-def evaluate_table(frame, rule: str = "even") -> Table:
+def evaluate_table(rows: list[dict], rule: str = "even") -> Table:
     t = Table(
         title="per-batch MoE time per forward (sum over layers of the slowest GPU), "
         f"{rule} dispatch",
@@ -98,7 +98,7 @@ def evaluate_table(frame, rule: str = "even") -> Table:
     ]
     for head in heads:
         t.add_column(head, justify="left" if head in ("placement", "stragglers") else "right")
-    for d in frame.to_dict("records"):
+    for d in rows:
         t.add_row(
             f"{Path(d['placement']).name} ({d['method']})",
             f"{d['mean_us']:,.0f}",
@@ -110,7 +110,7 @@ def evaluate_table(frame, rule: str = "even") -> Table:
             str(d["top_stragglers"]),
         )
     t.caption = (
-        f"{frame['batches'].iloc[0]} batches; stragglers: GPU (share of layer-batches "
+        f"{rows[0]['batches']} batches; stragglers: GPU (share of layer-batches "
         "where it is slowest)"
     )
     return t

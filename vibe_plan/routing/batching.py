@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from vibe_plan.console import warn
 from vibe_plan.errors import VibeError
 from vibe_plan.routing.traces import Request
 
@@ -31,9 +30,13 @@ class TokenRequest:
     output_len: int | None
 
 
-def tokenize_requests(requests: list[Request], tokenizer: Any, seed: int) -> list[TokenRequest]:
+def tokenize_requests(
+    requests: list[Request], tokenizer: Any, seed: int
+) -> tuple[list[TokenRequest], list[str]]:
+    """Token ids per request, and notes on how they were made where that is not the prompt."""
     rng = np.random.default_rng(seed)
     filler: list[int] | None = None
+    notes: list[str] = []
     warned_template = False
     out: list[TokenRequest] = []
     for req in requests:
@@ -42,7 +45,7 @@ def tokenize_requests(requests: list[Request], tokenizer: Any, seed: int) -> lis
                 filler = _ids(tokenizer(FILLER * 4, add_special_tokens=False))
                 if not filler:
                     raise VibeError("the tokenizer turns the filler text into no tokens")
-                warn(
+                notes.append(
                     "the trace has token counts only: prompts are made up to length from "
                     "filler text, so the routing reflects that text, not the real prompts"
                 )
@@ -58,7 +61,9 @@ def tokenize_requests(requests: list[Request], tokenizer: Any, seed: int) -> lis
                 )
             else:
                 if not warned_template:
-                    warn("the tokenizer has no chat template: chat turns are joined as plain text")
+                    notes.append(
+                        "the tokenizer has no chat template: chat turns are joined as plain text"
+                    )
                     warned_template = True
                 text = "\n".join(f"{m.get('role', 'user')}: {m['content']}" for m in req.messages)
                 ids = _ids(tokenizer(text))
@@ -70,7 +75,7 @@ def tokenize_requests(requests: list[Request], tokenizer: Any, seed: int) -> lis
         if out_len is None and req.output_text is not None:
             out_len = max(1, len(_ids(tokenizer(req.output_text, add_special_tokens=False))))
         out.append(TokenRequest(line=req.line, ids=ids, output_len=out_len))
-    return out
+    return out, notes
 
 
 def _ids(encoded: Any) -> list[int]:

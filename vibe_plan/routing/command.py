@@ -62,23 +62,28 @@ def profile_routing(
     keeps one row per prefill batch (and per decode step) for `vibe solve`.
     """
     from vibe_plan.artifacts.routing_profile import save_routing_profile
+    from vibe_plan.console import interactive, token_progress, warn
     from vibe_plan.routing.profile import ProfileOptions, profile_routing_run
 
-    run = profile_routing_run(
-        ProfileOptions(
-            model=model,
-            trace=trace,
-            trace_format=trace_format,
-            batch_tokens=batch_tokens,
-            max_requests=max_requests,
-            phase=phase,
-            decode_steps=decode_steps,
-            device=device,
-            dtype=dtype,
-            seed=seed,
-            quiet=quiet,
+    with token_progress("replaying", quiet) as on_tokens:
+        run = profile_routing_run(
+            ProfileOptions(
+                model=model,
+                trace=trace,
+                trace_format=trace_format,
+                batch_tokens=batch_tokens,
+                max_requests=max_requests,
+                phase=phase,
+                decode_steps=decode_steps,
+                device=device,
+                dtype=dtype,
+                seed=seed,
+                show_progress=interactive(quiet),
+            ),
+            on_tokens,
         )
-    )
+    for note in run.notes:
+        warn(note)
     save_routing_profile(run.profile, out)
     _report(run.profile, out, quiet, run.tokens, run.seconds)
 
@@ -112,11 +117,14 @@ def import_routing(
     EXPERT_STATISTIC_PATH (meta_info.json + rank*.safetensors); vLLM: routed_experts arrays.
     """
     from vibe_plan.artifacts.routing_profile import save_routing_profile
-    from vibe_plan.routing.importers import import_routing_run
+    from vibe_plan.console import warn
+    from vibe_plan.routing.import_run import import_routing_run
 
-    profile = import_routing_run(source, format, model, batch_tokens)
-    save_routing_profile(profile, out)
-    _report(profile, out, quiet)
+    run = import_routing_run(source, format, model, batch_tokens)
+    for note in run.notes:
+        warn(note)
+    save_routing_profile(run.profile, out)
+    _report(run.profile, out, quiet)
 
 
 def _report(p: RoutingProfile, out: Path, quiet: bool, tokens: int = 0, secs: float = 0.0) -> None:

@@ -23,16 +23,15 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(model_dir: str | Path, device: str, dtype: str, quiet: bool = False) -> Any:
-    """The model in eval mode; on CUDA spread over the visible GPUs (device_map="auto")."""
+def load_model(model_dir: str | Path, device: str, dtype: str, show_progress: bool = False) -> Any:
+    """The model in eval mode; on CUDA spread over the visible GPUs (device_map="auto").
+    `show_progress`: let transformers draw its loading bars (for a person at a terminal)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from vibe_plan.console import interactive
-
-    if not interactive(quiet):
-        hf_logging.disable_progress_bar()  # transformers' own loading bars stay off in CI too
+    if not show_progress:
+        hf_logging.disable_progress_bar()
 
     if dtype not in DTYPES:
         raise VibeError(f"--dtype {dtype!r}: use one of {', '.join(DTYPES)}")

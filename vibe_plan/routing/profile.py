@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,9 @@ import numpy as np
 
 from vibe_plan.artifacts.io import sha256_file
 from vibe_plan.artifacts.routing_profile import RoutingProfile
-from vibe_plan.console import warn
 from vibe_plan.errors import VibeError
+from vibe_plan.model_config import model_name, moe_facts, read_config
 from vibe_plan.routing.batching import prefill_batches, tokenize_requests
-from vibe_plan.routing.facts import model_name, moe_facts, read_config
 from vibe_plan.routing.traces import read_trace
 
 PHASES = ("prefill", "decode", "both")
@@ -31,7 +31,7 @@ class ProfileOptions:
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
-    quiet: bool = False
+    show_progress: bool = False  # transformers' own loading bars
 
 
 @dataclass
@@ -39,9 +39,13 @@ class ProfileRun:
     profile: RoutingProfile
     tokens: int
     seconds: float
+    notes: list[str] = field(default_factory=list)  # what the user should hear about the run
 
 
-def profile_routing_run(opt: ProfileOptions) -> ProfileRun:
+def profile_routing_run(
+    opt: ProfileOptions, on_tokens: Callable[[int, int], None] | None = None
+) -> ProfileRun:
+    """Replay the trace through the model's routers. `on_tokens(done, total)` reports progress."""
     if opt.phase not in PHASES:
         raise VibeError(f"--phase {opt.phase!r}: use one of {', '.join(PHASES)}")
     if opt.batch_tokens < 1:
@@ -62,9 +66,9 @@ def profile_routing_run(opt: ProfileOptions) -> ProfileRun:
     torch.manual_seed(opt.seed)
     device = resolve_device(opt.device)
     tokenizer = load_tokenizer(opt.model)
-    tokens = tokenize_requests(requests, tokenizer, opt.seed)
+    tokens, notes = tokenize_requests(requests, tokenizer, opt.seed)
     batches = prefill_batches(tokens, opt.batch_tokens)
-    model = load_model(opt.model, device, opt.dtype, opt.quiet)
+    model = load_model(opt.model, device, opt.dtype, opt.show_progress)
     routers = find_routers(model)
     if not routers:
         raise VibeError(
@@ -73,7 +77,7 @@ def profile_routing_run(opt: ProfileOptions) -> ProfileRun:
         )
     layer_ids = list(routers)
     if layer_ids != facts.moe_layers:
-        warn(
+        notes.append(
             f"routers found in decoder layers {layer_ids}, the config implies {facts.moe_layers}; "
             "using the layers that have routers"
         )
@@ -89,11 +93,11 @@ def profile_routing_run(opt: ProfileOptions) -> ProfileRun:
             decode_steps,
             record_prefill=opt.phase != "decode",
             seed=opt.seed,
-            quiet=opt.quiet,
+            on_tokens=on_tokens,
         )
     if not result.rows:
         raise VibeError("the replay recorded no tokens; check the trace and --decode-steps")
-    check_rows(result, facts.top_k, layer_ids)
+    notes += check_rows(result, facts.top_k, layer_ids)
     phase = {"prefill": "prefill", "decode": "decode", "both": "mixed"}[opt.phase]
     meta: dict[str, Any] = {
         "model": facts.model,
@@ -116,7 +120,7 @@ def profile_routing_run(opt: ProfileOptions) -> ProfileRun:
         # Every valid token goes through each shared expert of every MoE layer.
         meta["shared_experts"] = {"count": facts.shared_experts, "tokens": result.row_tokens}
     profile = RoutingProfile(np.stack(result.rows), np.asarray(layer_ids, np.int64), meta)
-    return ProfileRun(profile, result.tokens, result.seconds)
+    return ProfileRun(profile, result.tokens, result.seconds, notes)
 
 
 def _pad_id(tokenizer: Any) -> int:

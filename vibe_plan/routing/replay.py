@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from vibe_plan.console import err_console, interactive, warn
 from vibe_plan.routing.batching import TokenRequest
 from vibe_plan.routing.hooks import RouterRecorder
 
@@ -39,9 +37,10 @@ def replay(
     decode_steps: int,
     record_prefill: bool,
     seed: int,
-    quiet: bool = False,
+    on_tokens: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
-    """Prefill each batch (left-padded, padding masked out of the counts), then decode it."""
+    """Prefill each batch (left-padded, padding masked out of the counts), then decode it.
+    `on_tokens(done, total)`: called as tokens are replayed."""
     result = ReplayResult()
     params = inspect.signature(model.forward).parameters
     keep = "logits_to_keep" in params
@@ -51,7 +50,15 @@ def replay(
         _decode_len(r, decode_steps) for b in batches for r in b
     )
     start = time.perf_counter()
-    with torch.inference_mode(), _progress(total, quiet) as tick:
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_tokens is not None:
+            on_tokens(done, total)
+
+    with torch.inference_mode():
         for bi, batch in enumerate(batches):
             ids, mask = _left_pad(batch, pad_id, device)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -161,42 +168,14 @@ def _left_pad(batch: list[TokenRequest], pad_id: int, device: Any) -> tuple[Any,
     return ids.to(device), mask.to(device)
 
 
-@contextmanager
-def _progress(total: int, quiet: bool) -> Iterator[Any]:
-    """A bar with tokens/s on a terminal; nothing in CI or a pipe."""
-    if not interactive(quiet):
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    start = time.perf_counter()
-    with Progress(
-        TextColumn("replaying"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} tokens"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as p:
-        task = p.add_task("replay", total=total, rate="")
-
-        def tick(n: int) -> None:
-            done = p.tasks[0].completed + n
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            p.update(task, advance=n, rate=f"{rate:,.0f} tokens/s")
-
-        yield tick
-
-
-def check_rows(result: ReplayResult, top_k: int, layer_ids: list[int]) -> None:
-    """Each layer of each row must sum to valid tokens x top-k; anything else is worth a warning."""
+def check_rows(result: ReplayResult, top_k: int, layer_ids: list[int]) -> list[str]:
+    """Each layer of each row must sum to valid tokens x top-k; anything else is worth a note."""
     for b, (row, tokens) in enumerate(zip(result.rows, result.row_tokens, strict=True)):
         sums = row.sum(axis=1)
         bad = np.nonzero(sums != tokens * top_k)[0]
         if len(bad):
-            warn(
+            return [
                 f"row {b}: layer {layer_ids[bad[0]]} counted {int(sums[bad[0]])} expert picks for "
                 f"{tokens} tokens x top-{top_k}; the router may drop or add picks"
-            )
-            return
+            ]
+    return []

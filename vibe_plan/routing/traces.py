@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vibe_plan.artifacts.io import json_lines
 from vibe_plan.errors import VibeError
 
 FORMATS = ("jsonl", "sharegpt", "azure", "burstgpt", "mooncake")
@@ -85,22 +86,6 @@ def _first_content_line(path: Path) -> str | None:
             if line.strip():
                 return line.strip()
     return None
-
-
-def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise VibeError(
-                    f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})"
-                ) from None
-            if not isinstance(obj, dict):
-                raise VibeError(f"{path}:{n}: each line must be a JSON object")
-            yield n, obj
 
 
 def _count(value: Any, path: Path, n: int, field: str, allow_zero: bool = True) -> int:

@@ -1,18 +1,60 @@
-"""SGLang expert-distribution recorder dumps: `stat` (logical_count) and `per_pass` modes."""
+"""SGLang: the `--init-expert-location` placement file and the expert-distribution recorder dumps.
+
+Placement: JSON with the single key `physical_to_logical_map`, one row per decoder layer (SGLang
+passes the keys to `ExpertLocationMetadata.init_by_mapping` as arguments, so extra keys raise
+TypeError). Dumps: `expert_distribution_recorder_*.pt` from the `stat` mode (`logical_count`
+[steps, decoder layers, experts], already summed over ranks) or the `per_pass` mode (`records` of
+`global_physical_count` per rank and forward pass, with `last_physical_to_logical_map`).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vibe_plan.console import warn
+from vibe_plan.artifacts.placement import Placement, int_map
+from vibe_plan.engines.common import EngineDump, decoder_rows, engine_placement
 from vibe_plan.errors import VibeError
-from vibe_plan.routing.importers import EngineDump
+
+PLACEMENT_KEY = "physical_to_logical_map"
+PLACEMENT_METHOD = "sglang-file"
 
 
-def read_sglang(source: Path) -> EngineDump:
+def placement_text(p: Placement, num_hidden_layers: int) -> str:
+    rows = decoder_rows(p, num_hidden_layers)
+    body = ",\n    ".join(json.dumps(r, separators=(",", ":")) for r in rows)
+    return '{\n  "physical_to_logical_map": [\n    ' + body + "\n  ]\n}\n"
+
+
+def is_placement(doc: dict[str, Any]) -> bool:
+    return set(doc) == {PLACEMENT_KEY}
+
+
+def read_placement(
+    path: Path,
+    doc: dict[str, Any],
+    num_gpus: int | None,
+    layer_ids: list[int] | None,
+    num_experts: int | None,
+) -> tuple[Placement, list[str]]:
+    """Rows are per decoder layer: `layer_ids` (the routing profile's) picks the MoE ones."""
+    m = int_map(path, PLACEMENT_KEY, doc[PLACEMENT_KEY])
+    if layer_ids is None:
+        raise VibeError(f"{path}: an SGLang file needs the routing profile's layer ids")
+    if m.shape[0] <= max(layer_ids):
+        raise VibeError(
+            f"{path}: physical_to_logical_map has {m.shape[0]} rows but the "
+            f"routing profile has decoder layer {max(layer_ids)}"
+        )
+    m = m[list(layer_ids)]
+    return engine_placement(path, m, PLACEMENT_METHOD, num_gpus, layer_ids, num_experts)
+
+
+def read_dump(source: Path) -> EngineDump:
+    """A recorder .pt file, or a folder of them (one per rank)."""
     files = sorted(source.glob("*.pt")) if source.is_dir() else [source]
     if not files:
         raise VibeError(f"{source}: no .pt files (SGLang writes expert_distribution_recorder_*.pt)")
@@ -50,9 +92,10 @@ def _np(value: Any, path: Path, key: str) -> np.ndarray:
 
 def _stat(dumps: list[tuple[Path, dict[str, Any]]]) -> EngineDump:
     # logical_count is already summed over ranks; if several ranks wrote it, keep one rank.
+    notes = []
     ranks = {int(d.get("rank", 0)) for _, d in dumps}
     if len(ranks) > 1:
-        warn(
+        notes.append(
             f"stat dumps from ranks {sorted(ranks)}: their counts are global; using rank "
             f"{min(ranks)} only"
         )
@@ -73,7 +116,11 @@ def _stat(dumps: list[tuple[Path, dict[str, Any]]]) -> EngineDump:
         parts.append(arr)
     counts = np.concatenate(parts).astype(np.int64)
     return EngineDump(
-        counts, "decoder", None, {"mode": "stat", "files": [f.name for f, _ in dumps]}
+        counts,
+        "decoder",
+        None,
+        {"mode": "stat", "files": [f.name for f, _ in dumps]},
+        notes=notes,
     )
 
 

@@ -1,4 +1,5 @@
-"""import-routing: turn SGLang, TensorRT-LLM or vLLM expert-load dumps into a routing profile."""
+"""import-routing: turn the expert loads an engine dumped (read by `vibe_plan.engines`) into a
+routing profile, with decoder-layer ids and model facts from the checkpoint's config when given."""
 
 from __future__ import annotations
 
@@ -9,46 +10,20 @@ from typing import Any
 import numpy as np
 
 from vibe_plan.artifacts.routing_profile import RoutingProfile
-from vibe_plan.console import warn
+from vibe_plan.engines import EngineDump, dump_format, read_dump
 from vibe_plan.errors import VibeError
-from vibe_plan.routing.facts import MoeFacts, model_name, moe_facts, read_config
-
-FORMATS = ("sglang", "trtllm", "vllm")
+from vibe_plan.model_config import MoeFacts, model_name, moe_facts, read_config
 
 
 @dataclass
-class EngineDump:
-    """Counts as an engine recorded them, before layers are matched to decoder-layer ids."""
-
-    counts: np.ndarray  # int64 [rows, layers, experts]
-    layer_axis: str  # "decoder": axis 1 is every decoder layer; "moe": only MoE layers, in order
-    top_k: int | None
-    source: dict[str, Any] = field(default_factory=dict)
-    layer_ids: list[int] | None = None  # when the dump names its layers (TensorRT-LLM)
-
-
-def detect_format(source: Path) -> str:
-    if source.is_dir():
-        if (source / "meta_info.json").is_file():
-            return "trtllm"
-        if any(source.glob("*.pt")):
-            return "sglang"
-        if any(source.glob("*.npy")):
-            return "vllm"
-    elif source.suffix == ".pt":
-        return "sglang"
-    elif source.suffix in (".npy", ".jsonl", ".json"):
-        return "vllm"
-    elif source.name == "meta_info.json":
-        return "trtllm"
-    raise VibeError(
-        f"{source}: cannot tell which engine wrote it; pass --format ({', '.join(FORMATS)})"
-    )
+class ImportedRouting:
+    profile: RoutingProfile
+    notes: list[str] = field(default_factory=list)  # warnings for the user, in reading order
 
 
 def import_routing_run(
     source: Path, fmt: str = "auto", model_dir: Path | None = None, batch_tokens: int = 4096
-) -> RoutingProfile:
+) -> ImportedRouting:
     source = Path(source)
     if not source.exists():
         raise VibeError(f"{source} does not exist; pass the engine's dump file or folder")
@@ -56,28 +31,16 @@ def import_routing_run(
     if model_dir is not None:
         cfg = read_config(model_dir)
         facts = moe_facts(cfg, model_name(model_dir, cfg), f"{model_dir}/config.json")
-    fmt = detect_format(source) if fmt == "auto" else fmt
-    if fmt == "sglang":
-        from vibe_plan.routing.import_sglang import read_sglang
-
-        dump = read_sglang(source)
-    elif fmt == "trtllm":
-        from vibe_plan.routing.import_trtllm import read_trtllm
-
-        dump = read_trtllm(source)
-    elif fmt == "vllm":
-        from vibe_plan.routing.import_vllm import read_vllm
-
-        num_experts = facts.num_experts if facts else None
-        dump = read_vllm(source, num_experts, batch_tokens)
-    else:
-        raise VibeError(f"--format {fmt!r}: use one of auto, {', '.join(FORMATS)}")
-    return _to_profile(dump, facts, fmt, batch_tokens if fmt == "vllm" else None)
+    fmt = dump_format(source) if fmt == "auto" else fmt
+    dump = read_dump(source, fmt, facts.num_experts if facts else None, batch_tokens)
+    profile, notes = _to_profile(dump, facts, fmt, batch_tokens if fmt == "vllm" else None)
+    return ImportedRouting(profile, notes)
 
 
 def _to_profile(
     dump: EngineDump, facts: MoeFacts | None, engine: str, batch_tokens: int | None
-) -> RoutingProfile:
+) -> tuple[RoutingProfile, list[str]]:
+    notes = list(dump.notes)
     counts = dump.counts
     rows, n_layers, n_experts = counts.shape
     if facts is not None and facts.num_experts != n_experts:
@@ -109,7 +72,7 @@ def _to_profile(
             layer_ids = facts.moe_layers
         else:
             layer_ids = list(range(n_layers))
-            warn(
+            notes.append(
                 f"{engine} numbers MoE layers 0..{n_layers - 1}, not decoder layers; pass --model "
                 "so the profile carries the real decoder-layer ids"
             )
@@ -140,7 +103,7 @@ def _to_profile(
         meta["shared_experts"] = {"count": facts.shared_experts}
     if meta["top_k"] is None:
         del meta["top_k"]
-    return RoutingProfile(counts.astype(np.int64), np.asarray(layer_ids, np.int64), meta)
+    return RoutingProfile(counts.astype(np.int64), np.asarray(layer_ids, np.int64), meta), notes
 
 
 def _layers_total(dump: EngineDump, layer_ids: list[int]) -> int:

@@ -1,21 +1,67 @@
-"""TensorRT-LLM expert statistics: meta_info.json + rank{r}.safetensors keyed "{iter}_{layer}"."""
+"""TensorRT-LLM: the MoE load-balancer placement file and the expert-statistics dumps.
+
+Placement (`moe_config.load_balancer: PATH`): YAML with `num_slots`, `initial_global_assignments`
+(a row of logical experts per slot, keyed by decoder layer; dense layers are absent) and
+`layer_updates_per_iter: 0` (static). Dumps (EXPERT_STATISTIC_PATH): `meta_info.json`
+(`num_experts`, `num_experts_per_token`) + `rank{r}.safetensors`, one [num_experts] count vector
+per key "{iter}_{layer}", each rank counting its own tokens.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 
-from vibe_plan.console import warn
+from vibe_plan.artifacts.placement import Placement, int_map
+from vibe_plan.engines.common import EngineDump, engine_placement
 from vibe_plan.errors import VibeError
-from vibe_plan.routing.importers import EngineDump
 
+PLACEMENT_KEY = "initial_global_assignments"
+PLACEMENT_METHOD = "trtllm-file"
 KEY = re.compile(r"^(\d+)_(\d+)$")
 
 
-def read_trtllm(source: Path) -> EngineDump:
+def placement_text(p: Placement, num_hidden_layers: int) -> str:
+    del num_hidden_layers  # TensorRT-LLM takes MoE layers by decoder index; dense ones are absent
+    doc = {
+        "num_slots": int(p.num_physical_experts),
+        "initial_global_assignments": {
+            int(layer): p.phy2log[i].astype(int).tolist() for i, layer in enumerate(p.layer_ids)
+        },
+        "layer_updates_per_iter": 0,
+    }
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=1 << 16)
+
+
+def is_placement(doc: dict[str, Any]) -> bool:
+    return PLACEMENT_KEY in doc
+
+
+def read_placement(
+    path: Path,
+    doc: dict[str, Any],
+    num_gpus: int | None,
+    layer_ids: list[int] | None,
+    num_experts: int | None,
+) -> tuple[Placement, list[str]]:
+    """Rows are keyed by decoder layer: `layer_ids` (the routing profile's) picks them."""
+    assign = doc[PLACEMENT_KEY]
+    if not isinstance(assign, dict) or layer_ids is None:
+        raise VibeError(f"{path}: initial_global_assignments must map decoder layers to rows")
+    missing = [layer for layer in layer_ids if layer not in assign]
+    if missing:
+        raise VibeError(f"{path}: initial_global_assignments lacks decoder layers {missing[:5]}")
+    m = int_map(path, PLACEMENT_KEY, [assign[x] for x in layer_ids])
+    return engine_placement(path, m, PLACEMENT_METHOD, num_gpus, layer_ids, num_experts)
+
+
+def read_dump(source: Path) -> EngineDump:
+    """The statistics folder (or a file in it): counts summed over ranks, per iteration."""
     folder = source.parent if source.is_file() else source
     meta_path = folder / "meta_info.json"
     if not meta_path.is_file():
@@ -59,14 +105,16 @@ def read_trtllm(source: Path) -> EngineDump:
                 counts[bi, li] = totals[(it, layer)]
             else:
                 missing += 1
+    notes = []
     if missing:
-        warn(f"{missing} (iteration, layer) pairs missing from the dump; counted as zero")
+        notes.append(f"{missing} (iteration, layer) pairs missing from the dump; counted as zero")
     return EngineDump(
         counts,
         "decoder",
         top_k,
         {"files": [f.name for f in files], "iterations": [iters[0], iters[-1]]},
         layer_ids=layers,
+        notes=notes,
     )
 
 

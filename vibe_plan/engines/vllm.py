@@ -1,4 +1,8 @@
-"""vLLM per-request `routed_experts` [seq_len, moe_layers, top_k]: .npy files or base64 in JSONL."""
+"""vLLM: per-request `routed_experts` load dumps [seq_len, moe_layers, top_k], as .npy files or
+base64 .npy (or nested lists) in JSONL responses (`--enable-return-routed-experts`).
+
+vLLM has no startup placement file to read or write (mainline loads no static placement).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from vibe_plan.console import warn
+from vibe_plan.artifacts.io import json_lines
+from vibe_plan.engines.common import EngineDump
 from vibe_plan.errors import VibeError
-from vibe_plan.routing.importers import EngineDump
-from vibe_plan.routing.traces import json_lines
 
 
-def read_vllm(source: Path, num_experts: int | None, batch_tokens: int) -> EngineDump:
+def read_dump(source: Path, num_experts: int | None, batch_tokens: int) -> EngineDump:
+    """Requests in file order, joined into rows of about `batch_tokens` tokens each."""
     if batch_tokens < 1:
         raise VibeError(f"--batch-tokens is {batch_tokens}; it must be at least 1")
     arrays = list(_arrays(source))
@@ -32,9 +36,10 @@ def read_vllm(source: Path, num_experts: int | None, batch_tokens: int) -> Engin
             )
         if arr.dtype.kind not in "iu":
             raise VibeError(f"{where}: routed_experts must hold integer expert ids")
+    notes = []
     if num_experts is None:
         num_experts = int(max(int(a.max()) for _, a in arrays if a.size)) + 1
-        warn(f"no --model: assuming {num_experts} experts (the largest id seen + 1)")
+        notes.append(f"no --model: assuming {num_experts} experts (the largest id seen + 1)")
     n_layers, top_k = int(shape[0]), int(shape[1])
     rows: list[np.ndarray] = []
     row = np.zeros((n_layers, num_experts), np.int64)
@@ -52,7 +57,11 @@ def read_vllm(source: Path, num_experts: int | None, batch_tokens: int) -> Engin
         used += arr.shape[0]
     rows.append(row)
     return EngineDump(
-        np.stack(rows), "moe", top_k, {"requests": len(arrays), "batch_tokens": batch_tokens}
+        np.stack(rows),
+        "moe",
+        top_k,
+        {"requests": len(arrays), "batch_tokens": batch_tokens},
+        notes=notes,
     )
 
 
