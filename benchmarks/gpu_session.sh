@@ -47,7 +47,7 @@ PYCHECK
 # The full CLI may import packages this machine lacks (the solver's); profile-gpus needs none.
 RUNNER='import sys, typer
 from vibe_plan.errors import VibeError
-from vibe_plan.gpus.command import profile_gpus
+from vibe_plan.commands.profile_gpus import profile_gpus
 app = typer.Typer(add_completion=False)
 app.command("profile-gpus")(profile_gpus)
 app.callback()(lambda: None)

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from vibe_plan.routing.batching import TokenRequest, prefill_batches
 from vibe_plan.routing.hooks import RouterRecorder, find_routers
-from vibe_plan.routing.models import load_model
+from vibe_plan.routing.loading import load_model
 from vibe_plan.routing.replay import replay
 
 SHAPES = {  # small but not toy: per-token work comparable to a narrow real layer

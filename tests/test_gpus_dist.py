@@ -11,8 +11,8 @@ import pytest
 
 from vibe_plan.artifacts.gpu_profile import ExpertShape, load_gpu_profile
 from vibe_plan.errors import VibeError
-from vibe_plan.gpus.plan import Plan
-from vibe_plan.gpus.profile import ProfileRequest, finish
+from vibe_plan.gpus.measure import ProfileRequest, finish
+from vibe_plan.gpus.sweep import Sweep
 from vibe_plan.gpus.worker import BenchSpec
 
 pytest.importorskip("torch")
@@ -85,7 +85,7 @@ def test_one_failing_device_among_several_writes_nothing(tmp_path):
     assert results[0] == []  # the healthy worker stopped at the barrier, knowing a peer failed
     assert len(results[1]) == 1 and results[1][0].startswith("cuda:0: ")
     out = tmp_path / "gpus.yaml"
-    plan = Plan(spec, "cuda", None, 8, 2)
+    plan = Sweep(spec, "cuda", None, 8, 2)
     with pytest.raises(VibeError, match=r"2 of 2 devices did not finish.*cuda:0"):
         finish(ProfileRequest(out=out), plan, results, concurrent=True)
     assert not out.exists()

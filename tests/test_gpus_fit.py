@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from vibe_plan.cost import TimeCurve
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import fit_scale, isotonic, pick_quick_points
-from vibe_plan.gpus.plan import parse_gpus, parse_int_list
+from vibe_plan.gpus.model_error import draw_vectors, gpu_errors, predict_us, validation_block
+from vibe_plan.gpus.sweep import parse_gpus, parse_int_list
 from vibe_plan.gpus.telemetry import reason_names, summarize
-from vibe_plan.gpus.validate import draw_vectors, gpu_errors, predict_us, validation_block
 
 values = st.lists(st.floats(0.1, 1e4, allow_nan=False), min_size=1, max_size=30)
 

@@ -8,7 +8,7 @@ import pytest
 
 from vibe_plan.artifacts.gpu_profile import ExpertShape, GpuCurve, GpuEntry, GpuProfile
 from vibe_plan.console import console
-from vibe_plan.gpus.profile import ProfileOutcome
+from vibe_plan.gpus.measure import ProfileOutcome
 from vibe_plan.gpus.render import render, shown_tokens
 
 

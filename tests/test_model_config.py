@@ -40,7 +40,7 @@ def gpus_side(folder: Path) -> ModelShape:
 
 
 def routing_side(folder: Path) -> MoeFacts:
-    """What `vibe profile-routing --model FOLDER` reads (same call as routing/profile.py)."""
+    """What `vibe profile-routing --model FOLDER` reads (same call as routing/profile_run.py)."""
     cfg = read_config(folder)
     return moe_facts(cfg, model_name(folder, cfg), f"{folder}/config.json")
 

@@ -75,12 +75,20 @@ FORBIDDEN = [
     ("vibe_plan.engines", "vibe_plan.routing"),
     ("vibe_plan.engines", "vibe_plan.gpus"),
     ("vibe_plan.cost", "vibe_plan.placement"),
+    ("vibe_plan.cost", "vibe_plan.engines"),
     ("vibe_plan.cost", "vibe_plan.gpus"),
     ("vibe_plan.cost", "vibe_plan.routing"),
     ("vibe_plan.artifacts", "vibe_plan.engines"),
     ("vibe_plan.artifacts", "vibe_plan.placement"),
     ("vibe_plan.model_config", "vibe_plan.gpus"),
     ("vibe_plan.model_config", "vibe_plan.routing"),
+    # The library never reaches up into the command layer.
+    ("vibe_plan.artifacts", "vibe_plan.commands"),
+    ("vibe_plan.cost", "vibe_plan.commands"),
+    ("vibe_plan.engines", "vibe_plan.commands"),
+    ("vibe_plan.gpus", "vibe_plan.commands"),
+    ("vibe_plan.routing", "vibe_plan.commands"),
+    ("vibe_plan.placement", "vibe_plan.commands"),
 ]
 
 
@@ -102,10 +110,9 @@ def test_library_modules_do_not_print():
     talkers = []
     for path in PKG.rglob("*.py"):
         mod = _module(path)
-        if mod.rsplit(".", 1)[-1] in ("command", "render") or mod in (
-            "vibe_plan.cli",
-            "vibe_plan.console",
-        ):
+        if mod.startswith("vibe_plan.commands") or mod.endswith(".render"):
+            continue
+        if mod in ("vibe_plan.cli", "vibe_plan.console"):
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

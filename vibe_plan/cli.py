@@ -6,10 +6,10 @@ import sys
 
 import typer
 
+from vibe_plan.commands.placement import evaluate, solve
+from vibe_plan.commands.profile_gpus import profile_gpus
+from vibe_plan.commands.routing import import_routing, profile_routing
 from vibe_plan.errors import VibeError
-from vibe_plan.gpus.command import profile_gpus
-from vibe_plan.placement.command import evaluate, solve
-from vibe_plan.routing.command import import_routing, profile_routing
 
 app = typer.Typer(
     name="vibe",

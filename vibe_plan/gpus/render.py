@@ -6,7 +6,7 @@ from rich.table import Table
 
 from vibe_plan.console import console
 from vibe_plan.gpus.fit import nearest
-from vibe_plan.gpus.profile import ProfileOutcome
+from vibe_plan.gpus.measure import ProfileOutcome
 
 SHOW_TOKENS = (8, 256, 4096)
 

@@ -12,7 +12,7 @@ from typing import Any
 from vibe_plan.artifacts.io import json_lines
 from vibe_plan.errors import VibeError
 
-FORMATS = ("jsonl", "sharegpt", "azure", "burstgpt", "mooncake")
+TRACE_FORMATS = ("jsonl", "sharegpt", "azure", "burstgpt", "mooncake")
 
 
 @dataclass
@@ -32,9 +32,11 @@ def read_trace(path: str | Path, fmt: str = "auto", max_requests: int = 0) -> tu
     path = Path(path)
     if not path.is_file():
         raise VibeError(f"trace {path} does not exist or is not a file; check the path")
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt not in FORMATS:
-        raise VibeError(f"unknown trace format {fmt!r}; use one of auto, {', '.join(FORMATS)}")
+    fmt = trace_format(path) if fmt == "auto" else fmt
+    if fmt not in TRACE_FORMATS:
+        raise VibeError(
+            f"unknown trace format {fmt!r}; use one of auto, {', '.join(TRACE_FORMATS)}"
+        )
     reader = {
         "jsonl": _jsonl,
         "sharegpt": _sharegpt,
@@ -55,7 +57,7 @@ def read_trace(path: str | Path, fmt: str = "auto", max_requests: int = 0) -> tu
     return requests, fmt
 
 
-def detect_format(path: Path) -> str:
+def trace_format(path: Path) -> str:
     head = _first_content_line(path)
     if head is None:
         raise VibeError(f"{path}: the trace is empty; nothing to replay")
@@ -76,7 +78,7 @@ def detect_format(path: Path) -> str:
         return "burstgpt"
     raise VibeError(
         f"{path}: cannot tell the trace format from its first line; pass --trace-format "
-        f"({', '.join(FORMATS)})"
+        f"({', '.join(TRACE_FORMATS)})"
     )
 
 

@@ -85,7 +85,7 @@ def solve(
     from vibe_plan.console import console, progress, warn
     from vibe_plan.cost.dispatch import Dispatch, origin_shares
     from vibe_plan.engines import export_texts, parse_export_specs
-    from vibe_plan.placement.report import solve_table
+    from vibe_plan.placement.render import solve_table
     from vibe_plan.placement.solve import SolveOptions, resolve_nodes, solve_placement
 
     if workers < 1 or (jobs is not None and jobs < 1) or time_limit < 0:
@@ -165,7 +165,7 @@ def evaluate(
     from vibe_plan.cost.dispatch import Dispatch, origin_shares, split_note
     from vibe_plan.engines import load_placement
     from vibe_plan.placement.evaluate import rows_csv, score, score_rows
-    from vibe_plan.placement.report import evaluate_table
+    from vibe_plan.placement.render import evaluate_table
     from vibe_plan.placement.solve import resolve_nodes
 
     Dispatch(dispatch)

@@ -60,11 +60,11 @@ def profile_routing_run(
     import torch
 
     from vibe_plan.routing.hooks import ROUTER_NAME, RouterRecorder, find_routers
-    from vibe_plan.routing.models import input_device, load_model, load_tokenizer, resolve_device
+    from vibe_plan.routing.loading import input_device, load_model, load_tokenizer, model_device
     from vibe_plan.routing.replay import check_rows, replay
 
     torch.manual_seed(opt.seed)
-    device = resolve_device(opt.device)
+    device = model_device(opt.device)
     tokenizer = load_tokenizer(opt.model)
     tokens, notes = tokenize_requests(requests, tokenizer, opt.seed)
     batches = prefill_batches(tokens, opt.batch_tokens)

@@ -15,8 +15,8 @@ from vibe_plan.artifacts.io import sha256_file
 from vibe_plan.cost import time_curve
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import fit_scale, isotonic
-from vibe_plan.gpus.plan import Plan, ProfileRequest, build_plan, check_request, parse_gpus
-from vibe_plan.gpus.validate import validation_block
+from vibe_plan.gpus.model_error import validation_block
+from vibe_plan.gpus.sweep import ProfileRequest, Sweep, build_sweep, check_request, parse_gpus
 from vibe_plan.gpus.worker import DeviceResult, local_sync, safe_measure
 
 
@@ -28,7 +28,7 @@ class ProfileOutcome:
     validation: dict[str, Any] | None = None
 
 
-def resolve_device(requested: str) -> str:
+def bench_device_kind(requested: str) -> str:
     import torch
 
     if requested == "cpu":
@@ -49,7 +49,7 @@ def run_profile(req: ProfileRequest, progress: Any = None) -> ProfileOutcome | N
     from vibe_plan.gpus.distributed import dist_env
 
     env = dist_env()
-    device_kind = resolve_device(req.device)
+    device_kind = bench_device_kind(req.device)
     if env is not None:
         return _run_distributed(req, env, device_kind, progress)
     import torch
@@ -63,20 +63,20 @@ def run_profile(req: ProfileRequest, progress: Any = None) -> ProfileOutcome | N
         count = torch.cuda.device_count()
         indices = parse_gpus(req.gpus, count) if req.gpus else list(range(count))
         devices = [f"cuda:{i}" for i in indices]
-    plan = build_plan(req, device_kind, len(devices))
+    sweep = build_sweep(req, device_kind, len(devices))
     bar = progress or _NoProgress()
-    tasks = [bar.add_task(f"{d} timing", total=plan.spec.repeats) for d in devices]
+    tasks = [bar.add_task(f"{d} timing", total=sweep.spec.repeats) for d in devices]
 
     def show(rank: int, done: int, total: int) -> None:
         bar.update(tasks[rank], completed=done, total=total)
 
     if len(devices) == 1:
-        results = [safe_measure(plan.spec, devices[0], 0, local_sync, lambda a, b: show(0, a, b))]
+        results = [safe_measure(sweep.spec, devices[0], 0, local_sync, lambda a, b: show(0, a, b))]
     else:
         from vibe_plan.gpus.parallel import run_parallel
 
-        results = run_parallel(plan.spec, devices, show)
-    return finish(req, plan, results, concurrent=len(devices) > 1)
+        results = run_parallel(sweep.spec, devices, show)
+    return finish(req, sweep, results, concurrent=len(devices) > 1)
 
 
 class _NoProgress:
@@ -97,18 +97,18 @@ def _run_distributed(
         raise VibeError("--gpus cannot be used under torchrun: each rank uses GPU LOCAL_RANK")
     group = DistGroup(env, device_kind)
     try:
-        payload: Plan | str | None = None
+        payload: Sweep | str | None = None
         if env.rank == 0:  # only rank 0 needs the config file, base profile and output folder
             try:
-                payload = build_plan(req, device_kind, env.world)
+                payload = build_sweep(req, device_kind, env.world)
             except VibeError as e:
                 payload = str(e)
         payload = group.broadcast(payload)
         if isinstance(payload, str):
             raise VibeError(payload if env.rank == 0 else f"rank 0 refused the run: {payload}")
-        plan = payload
-        assert isinstance(plan, Plan)
-        spec = plan.spec
+        sweep = payload
+        assert isinstance(sweep, Sweep)
+        spec = sweep.spec
         if device_kind == "cuda":
             device = f"cuda:{env.local_rank}"
         else:
@@ -123,7 +123,7 @@ def _run_distributed(
         if env.rank != 0:
             _raise_failures(results)
             return None
-        return finish(req, plan, results, concurrent=True)
+        return finish(req, sweep, results, concurrent=True)
     finally:
         group.close()
 
@@ -145,14 +145,14 @@ def _raise_failures(results: list[DeviceResult | list[str]]) -> None:
 
 def finish(
     req: ProfileRequest,
-    plan: Plan,
+    sweep: Sweep,
     results: list[DeviceResult | list[str]],
     concurrent: bool,
 ) -> ProfileOutcome:
     """Results (global rank order) -> the profile, with quick fit and validation if asked."""
     _raise_failures(results)
     done = [r for r in results if isinstance(r, DeviceResult)]
-    quick = _quick_curves(req, plan, done) if plan.base is not None else None
+    quick = _quick_curves(req, sweep, done) if sweep.base is not None else None
     entries = []
     for i, r in enumerate(done):
         telemetry = dict(r.telemetry or {})
@@ -162,18 +162,18 @@ def finish(
         else:  # non-decreasing median; p10/p90 as measured
             curve = GpuCurve(r.tokens, isotonic(r.median_us), r.p10_us, r.p90_us)
         entries.append(GpuEntry(i, curve, r.host, r.name, r.uuid, telemetry))
-    profile = GpuProfile(plan.spec.shape, entries, _method(plan, done, concurrent))
+    profile = GpuProfile(sweep.spec.shape, entries, _method(sweep, done, concurrent))
     quick_block = None
     if quick is not None:
         quick_block = {k: v for k, v in quick.items() if k != "curves"}
         profile.extra["quick"] = quick_block
     validation = None
-    if plan.spec.vectors:
+    if sweep.spec.vectors:
         curves = [time_curve(e.curve) for e in entries]
         validation = validation_block(
             [e.id for e in entries],
             curves,
-            plan.spec.vectors,
+            sweep.spec.vectors,
             [r.vector_us for r in done],
             req.seed,
         )
@@ -181,26 +181,26 @@ def finish(
     return ProfileOutcome(profile, req.out, quick_block, validation)
 
 
-def _method(plan: Plan, done: list[DeviceResult], concurrent: bool) -> dict[str, Any]:
+def _method(sweep: Sweep, done: list[DeviceResult], concurrent: bool) -> dict[str, Any]:
     import torch
 
-    spec = plan.spec
+    spec = sweep.spec
     backends = sorted({r.backend for r in done})
     method: dict[str, Any] = {
         "backend": backends[0] if len(backends) == 1 else "mixed: " + ",".join(backends),
         "experts_per_gpu": spec.experts,
         "repeats": spec.repeats,
         "concurrent": concurrent,
-        "device": plan.device_kind,
-        "timer": "cuda_events" if plan.device_kind == "cuda" else "perf_counter",
+        "device": sweep.device_kind,
+        "timer": "cuda_events" if sweep.device_kind == "cuda" else "perf_counter",
         "warmup_s": spec.warmup_s,
         "weight_copies": max(r.weight_copies for r in done),
         "curve": "median of shuffled rounds, made non-decreasing (isotonic); p10/p90 raw",
         "torch": str(torch.__version__),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
     }
-    if plan.model is not None:
-        m = plan.model
+    if sweep.model is not None:
+        m = sweep.model
         method["model"] = {
             "name": m.name,
             "source": m.source,
@@ -208,16 +208,16 @@ def _method(plan: Plan, done: list[DeviceResult], concurrent: bool) -> dict[str,
             "top_k": m.top_k,
             "keys": dict(m.keys_used),
         }
-    elif plan.base is not None and isinstance(plan.base.method.get("model"), dict):
-        method["model"] = plan.base.method["model"]
-    if plan.base is not None:
+    elif sweep.base is not None and isinstance(sweep.base.method.get("model"), dict):
+        method["model"] = sweep.base.method["model"]
+    if sweep.base is not None:
         method["mode"] = "quick"
     return method
 
 
-def _quick_curves(req: ProfileRequest, plan: Plan, done: list[DeviceResult]) -> dict[str, Any]:
+def _quick_curves(req: ProfileRequest, sweep: Sweep, done: list[DeviceResult]) -> dict[str, Any]:
     """Fit each GPU's scale against its own base curve; the new curve is the base curve scaled."""
-    base = plan.base
+    base = sweep.base
     assert base is not None and req.base is not None
     curves, per_gpu = [], []
     for i, r in enumerate(done):
@@ -250,7 +250,7 @@ def _quick_curves(req: ProfileRequest, plan: Plan, done: list[DeviceResult]) -> 
     return {
         "base": Path(req.base).name,
         "base_sha256": sha256_file(req.base),
-        "tokens": list(plan.spec.tokens),
+        "tokens": list(sweep.spec.tokens),
         "moved_threshold_pct": req.moved_pct,
         "per_gpu": per_gpu,
         "curves": curves,

@@ -85,8 +85,8 @@ def profile_gpus(
 ) -> None:
     """Measure each GPU's time for one routed expert's FFN vs the tokens routed to it (HELP)."""
     from vibe_plan.console import progress
-    from vibe_plan.gpus.plan import ProfileRequest
-    from vibe_plan.gpus.profile import run_profile
+    from vibe_plan.gpus.measure import run_profile
+    from vibe_plan.gpus.sweep import ProfileRequest
 
     request = ProfileRequest(
         out=out,

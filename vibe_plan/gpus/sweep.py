@@ -1,4 +1,4 @@
-"""Turn the command's options into a measurement plan: shape, K, token sweep, repeats, defaults."""
+"""The command's options as a measurement sweep: shape, K, token counts, repeats, defaults."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 from vibe_plan.artifacts.gpu_profile import ExpertShape, GpuProfile, load_gpu_profile
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import pick_quick_points
+from vibe_plan.gpus.model_error import draw_vectors
 from vibe_plan.gpus.options import BACKENDS, normalize_dtype
-from vibe_plan.gpus.validate import draw_vectors
 from vibe_plan.gpus.worker import BenchSpec
 from vibe_plan.model_config import ModelShape, resolve_model
 
@@ -53,7 +53,7 @@ class ProfileRequest:
 
 
 @dataclass
-class Plan:
+class Sweep:
     spec: BenchSpec
     device_kind: str
     model: ModelShape | None
@@ -123,14 +123,14 @@ def check_request(req: ProfileRequest) -> None:
         normalize_dtype(req.dtype)
 
 
-def build_plan(req: ProfileRequest, device_kind: str, num_devices: int) -> Plan:
+def build_sweep(req: ProfileRequest, device_kind: str, num_devices: int) -> Sweep:
     """Resolve model or base profile and fill every default for this device kind."""
     folder = req.out.parent if str(req.out.parent) else Path(".")
     if not folder.is_dir():
         raise VibeError(f"cannot write {req.out}: folder {folder} does not exist; create it first")
     d = 0 if device_kind == "cuda" else 1
     if req.quick:
-        return _quick_plan(req, device_kind, num_devices, d)
+        return _quick_sweep(req, device_kind, num_devices, d)
     model = resolve_model(req.model or "")
     dtype = normalize_dtype(req.dtype or "bfloat16")
     shape = ExpertShape(model.hidden, model.intermediate, dtype, model.gated)
@@ -150,12 +150,12 @@ def build_plan(req: ProfileRequest, device_kind: str, num_devices: int) -> Plan:
         backend=req.backend,
         seed=req.seed,
     )
-    plan = Plan(spec, device_kind, model, model.num_experts, model.top_k)
-    _add_vectors(req, plan, max(tokens), d)
-    return plan
+    sweep = Sweep(spec, device_kind, model, model.num_experts, model.top_k)
+    _add_vectors(req, sweep, max(tokens), d)
+    return sweep
 
 
-def _quick_plan(req: ProfileRequest, device_kind: str, num_devices: int, d: int) -> Plan:
+def _quick_sweep(req: ProfileRequest, device_kind: str, num_devices: int, d: int) -> Sweep:
     assert req.base is not None
     base = load_gpu_profile(req.base)
     if base.num_gpus != num_devices:
@@ -205,15 +205,15 @@ def _quick_plan(req: ProfileRequest, device_kind: str, num_devices: int, d: int)
     info = info if isinstance(info, dict) else {}
     num_experts = int(model.num_experts if model else info.get("num_experts", 8 * experts))
     top_k = int(model.top_k if model else info.get("top_k", 2))
-    plan = Plan(spec, device_kind, model, num_experts, top_k, base, str(req.base))
-    _add_vectors(req, plan, max(base_tokens), d)
-    return plan
+    sweep = Sweep(spec, device_kind, model, num_experts, top_k, base, str(req.base))
+    _add_vectors(req, sweep, max(base_tokens), d)
+    return sweep
 
 
-def _add_vectors(req: ProfileRequest, plan: Plan, max_tokens: int, d: int) -> None:
+def _add_vectors(req: ProfileRequest, sweep: Sweep, max_tokens: int, d: int) -> None:
     if not req.validate:
         return
     trials = req.validate_trials or VALIDATE_TRIALS[d]
-    plan.spec.vectors = draw_vectors(
-        plan.num_experts, plan.top_k, plan.spec.experts, max_tokens, trials, req.seed
+    sweep.spec.vectors = draw_vectors(
+        sweep.num_experts, sweep.top_k, sweep.spec.experts, max_tokens, trials, req.seed
     )

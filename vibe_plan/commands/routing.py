@@ -63,7 +63,7 @@ def profile_routing(
     """
     from vibe_plan.artifacts.routing_profile import save_routing_profile
     from vibe_plan.console import interactive, token_progress, warn
-    from vibe_plan.routing.profile import ProfileOptions, profile_routing_run
+    from vibe_plan.routing.profile_run import ProfileOptions, profile_routing_run
 
     with token_progress("replaying", quiet) as on_tokens:
         run = profile_routing_run(
@@ -129,7 +129,7 @@ def import_routing(
 
 def _report(p: RoutingProfile, out: Path, quiet: bool, tokens: int = 0, secs: float = 0.0) -> None:
     from vibe_plan.console import console
-    from vibe_plan.routing.summary import summary_table
+    from vibe_plan.routing.render import summary_table
 
     if quiet:
         return

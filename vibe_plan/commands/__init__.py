@@ -1,0 +1,1 @@
+"""The `vibe` commands: typed options, one library call, save, render."""
