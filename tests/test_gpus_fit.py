@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -11,7 +13,7 @@ from vibe_plan.cost import TimeCurve
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import fit_scale, isotonic, pick_quick_points
 from vibe_plan.gpus.model_error import draw_vectors, gpu_errors, predict_us, validation_block
-from vibe_plan.gpus.sweep import parse_gpus, parse_int_list
+from vibe_plan.gpus.sweep import ProfileRequest, check_visible, parse_gpu_list, parse_int_list
 from vibe_plan.gpus.telemetry import reason_names, summarize
 
 values = st.lists(st.floats(0.1, 1e4, allow_nan=False), min_size=1, max_size=30)
@@ -92,10 +94,18 @@ def test_option_parsing():
     assert parse_int_list("64, 1,8,8", "--tokens") == [1, 8, 64]
     with pytest.raises(VibeError, match="comma-separated"):
         parse_int_list("1,x", "--tokens")
-    assert parse_gpus("3,0", 4) == [3, 0]  # order is rank order, kept
+    assert check_visible(parse_gpu_list("3,0"), 4) == [3, 0]  # order is rank order, kept
     for bad, msg in (("4", "no GPU 4"), ("0,0", "twice"), ("-1", "no GPU -1"), ("a", "indices")):
         with pytest.raises(VibeError, match=msg):
-            parse_gpus(bad, 4)
+            check_visible(parse_gpu_list(bad), 4)
+
+
+def test_request_is_parsed_once():
+    req = ProfileRequest.parse(out=Path("g.yaml"), model="mixtral-8x7b", gpus="2,0", tokens="8,1")
+    assert (req.gpus, req.tokens, req.dtype) == ([2, 0], [1, 8], None)
+    assert ProfileRequest.parse(out=Path("g.yaml"), model="x", dtype="bf16").dtype == "bfloat16"
+    with pytest.raises(VibeError, match="--quick needs --base"):
+        ProfileRequest.parse(out=Path("g.yaml"), quick=True)
 
 
 def test_telemetry_summary_and_throttle_names():

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from routing_models import build_tiny_model  # noqa: E402
 
 from vibe_plan.artifacts.routing_profile import load_routing_profile  # noqa: E402
+from vibe_plan.errors import VibeError  # noqa: E402
 
 RNG = np.random.default_rng(7)
 
@@ -197,3 +198,36 @@ def test_readers_return_notes_and_the_command_prints_them(vibe, capsys, tmp_path
     lines = [line for line in r.err.splitlines() if line.startswith("warning:")]
     assert len(lines) == 2, r.err
     assert "assuming" in lines[0] and "numbers MoE layers 0..1" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "want"),
+    [
+        ("meta_info.json", "trtllm"),
+        ("rank0.safetensors", "trtllm"),
+        ("expert_distribution.pt", "sglang"),
+        ("routed_experts.npy", "vllm"),
+        ("routed_experts.jsonl", "vllm"),
+        ("dump.json", "vllm"),
+    ],
+)
+def test_dump_format_from_file_names(tmp_path, name, want):
+    from vibe_plan.engines import dump_format
+
+    path = tmp_path / name
+    path.write_text("{}")
+    assert dump_format(path) == want
+
+
+def test_dump_format_of_folders(tmp_path):
+    from vibe_plan.engines import dump_format
+
+    trt = tmp_path / "trt"
+    trt.mkdir()
+    (trt / "meta_info.json").write_text("{}")
+    (trt / "rank0.npy").write_text("")  # the meta file decides, whatever else lies there
+    assert dump_format(trt) == "trtllm"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VibeError, match="cannot tell which engine"):
+        dump_format(empty)

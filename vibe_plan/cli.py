@@ -6,9 +6,10 @@ import sys
 
 import typer
 
-from vibe_plan.commands.placement import evaluate, solve
+from vibe_plan.commands.evaluate import evaluate
 from vibe_plan.commands.profile_gpus import profile_gpus
 from vibe_plan.commands.routing import import_routing, profile_routing
+from vibe_plan.commands.solve import solve
 from vibe_plan.errors import VibeError
 
 app = typer.Typer(

@@ -58,6 +58,16 @@ class GpuProfile:
     def hosts(self) -> list[str]:
         return [g.host for g in self.gpus]
 
+    def node_count(self, nodes: int | None = None) -> int:
+        """`nodes` (--nodes), else the distinct hosts; GPUs split evenly over nodes by rank."""
+        G = self.num_gpus
+        N = nodes if nodes is not None else len(dict.fromkeys(self.hosts))
+        if N <= 0 or G % N:
+            raise VibeError(
+                f"{G} GPUs do not split evenly over {N} nodes; pass --nodes dividing {G}"
+            )
+        return N
+
 
 def _number_list(path: Path | str, where: str, value: Any, positive: bool) -> list[float]:
     if not isinstance(value, list) or not value:

@@ -88,7 +88,7 @@ def profile_gpus(
     from vibe_plan.gpus.measure import run_profile
     from vibe_plan.gpus.sweep import ProfileRequest
 
-    request = ProfileRequest(
+    request = ProfileRequest.parse(
         out=out,
         model=model,
         device=device,
@@ -105,7 +105,6 @@ def profile_gpus(
         validate_trials=validate_trials,
         moved_pct=moved_pct,
         seed=seed,
-        quiet=quiet,
     )
     with progress(quiet) as bar:
         outcome = run_profile(request, bar)

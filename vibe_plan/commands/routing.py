@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from vibe_plan.defaults import BATCH_TOKENS
+
 if TYPE_CHECKING:  # numpy-backed; kept out of `vibe --help`'s imports
     from vibe_plan.artifacts.routing_profile import RoutingProfile
 
@@ -30,7 +32,7 @@ def profile_routing(
             help="Prompt tokens per prefill batch (one row "
             "of counts per batch), as a server would batch."
         ),
-    ] = 4096,
+    ] = BATCH_TOKENS,
     max_requests: Annotated[
         int, typer.Option(help="Replay only the first N requests (0: all).")
     ] = 0,
@@ -108,7 +110,7 @@ def import_routing(
     ] = None,
     batch_tokens: Annotated[
         int, typer.Option(help="vLLM only: tokens of consecutive requests per row.")
-    ] = 4096,
+    ] = BATCH_TOKENS,
     quiet: Annotated[bool, typer.Option("--quiet", help="No summary.")] = False,
 ) -> None:
     """Turn the expert loads a serving engine recorded into a routing profile.

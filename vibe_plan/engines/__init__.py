@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from vibe_plan.artifacts.io import atomic_write, read_doc, require_file
-from vibe_plan.artifacts.placement import PLACEMENT_SCHEMA, Placement, placement_from_doc
+from vibe_plan.artifacts.placement import (
+    PLACEMENT_SCHEMA,
+    Placement,
+    check_map,
+    dump_placement,
+    placement_from_doc,
+)
+from vibe_plan.defaults import BATCH_TOKENS
 from vibe_plan.engines import eplb, sglang, trtllm, vllm
 from vibe_plan.engines.common import EngineDump, decoder_rows
 from vibe_plan.errors import VibeError
@@ -70,9 +77,19 @@ def export_texts(p: Placement, specs: list[tuple[str, Path]], num_hidden_layers:
     return [EXPORTERS[fmt](p, num_hidden_layers) for fmt, _ in specs]
 
 
-def export_placement(p: Placement, specs: list[tuple[str, Path]], num_hidden_layers: int) -> None:
-    """Render every export first, then write them, so a failure writes none."""
-    for (_, path), text in zip(specs, export_texts(p, specs, num_hidden_layers), strict=True):
+def export_placement(
+    p: Placement,
+    specs: list[tuple[str, Path]],
+    num_hidden_layers: int,
+    out: Path | None = None,
+) -> None:
+    """Write the engine files (and the vibe placement itself to `out`). Every text is rendered
+    before the first file is written, so a rendering failure writes none."""
+    texts = export_texts(p, specs, num_hidden_layers)
+    if out is not None:
+        check_map(p.phy2log, p.num_gpus, p.num_logical_experts)
+        texts, specs = [dump_placement(p), *texts], [("vibe", Path(out)), *specs]
+    for (_, path), text in zip(specs, texts, strict=True):
         atomic_write(path, text)
 
 
@@ -127,19 +144,19 @@ def dump_format(source: Path) -> str:
             return "sglang"
         if any(source.glob("*.npy")):
             return "vllm"
+    elif source.name == "meta_info.json" or source.suffix == ".safetensors":
+        return "trtllm"  # a file of TensorRT-LLM's statistics folder (before the .json rule)
     elif source.suffix == ".pt":
         return "sglang"
     elif source.suffix in (".npy", ".jsonl", ".json"):
         return "vllm"
-    elif source.name == "meta_info.json":
-        return "trtllm"
     raise VibeError(
         f"{source}: cannot tell which engine wrote it; pass --format ({', '.join(DUMP_FORMATS)})"
     )
 
 
 def read_dump(
-    source: Path, fmt: str, num_experts: int | None = None, batch_tokens: int = 4096
+    source: Path, fmt: str, num_experts: int | None = None, batch_tokens: int = BATCH_TOKENS
 ) -> EngineDump:
     """The load dump at `source` as engine `fmt` wrote it. vLLM records expert ids per request:
     `num_experts` sizes its counts (None: the largest id seen + 1) and `batch_tokens` joins

@@ -16,7 +16,14 @@ from vibe_plan.cost import time_curve
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import fit_scale, isotonic
 from vibe_plan.gpus.model_error import validation_block
-from vibe_plan.gpus.sweep import ProfileRequest, Sweep, build_sweep, check_request, parse_gpus
+from vibe_plan.gpus.sweep import (
+    ProfileRequest,
+    Sweep,
+    build_sweep,
+    check_request,
+    check_visible,
+    gpu_text,
+)
 from vibe_plan.gpus.worker import DeviceResult, local_sync, safe_measure
 
 
@@ -57,11 +64,11 @@ def run_profile(req: ProfileRequest, progress: Any = None) -> ProfileOutcome | N
     if device_kind == "cpu":
         if req.gpus is not None:
             why = "--device cpu was given" if req.device == "cpu" else "no CUDA GPU is visible"
-            raise VibeError(f"--gpus {req.gpus!r} selects CUDA GPUs, but {why}")
+            raise VibeError(f"--gpus {gpu_text(req.gpus)} selects CUDA GPUs, but {why}")
         devices = ["cpu"]
     else:
         count = torch.cuda.device_count()
-        indices = parse_gpus(req.gpus, count) if req.gpus else list(range(count))
+        indices = check_visible(req.gpus, count) if req.gpus else list(range(count))
         devices = [f"cuda:{i}" for i in indices]
     sweep = build_sweep(req, device_kind, len(devices))
     bar = progress or _NoProgress()

@@ -31,15 +31,15 @@ MAX_DEFAULT_EXPERTS = (32, 2)
 
 @dataclass
 class ProfileRequest:
-    """The command's options, unparsed (the CLI stays free of torch and of logic)."""
+    """The command's options, parsed once (`parse`); `None` means the device kind's default."""
 
     out: Path
     model: str | None = None
     device: str = "auto"
-    gpus: str | None = None
-    dtype: str | None = None
+    gpus: list[int] | None = None  # CUDA indices in EP rank order
+    dtype: str | None = None  # normalised: bfloat16, float16, float32
     experts_per_gpu: int | None = None
-    tokens: str | None = None
+    tokens: list[int] | None = None  # sorted, distinct
     repeats: int | None = None
     warmup_s: float | None = None
     backend: str = "auto"
@@ -49,7 +49,20 @@ class ProfileRequest:
     validate_trials: int | None = None
     moved_pct: float = 3.0
     seed: int = 0
-    quiet: bool = False
+
+    @classmethod
+    def parse(
+        cls, gpus: str | None = None, tokens: str | None = None, dtype: str | None = None, **rest
+    ) -> ProfileRequest:
+        """From the command line's strings; every check that needs no torch and no file."""
+        req = cls(
+            gpus=None if gpus is None else parse_gpu_list(gpus),
+            tokens=None if tokens is None else parse_int_list(tokens, "--tokens"),
+            dtype=None if dtype is None else normalize_dtype(dtype),
+            **rest,
+        )
+        check_request(req)
+        return req
 
 
 @dataclass
@@ -74,8 +87,8 @@ def parse_int_list(text: str, what: str) -> list[int]:
     return sorted(set(values))
 
 
-def parse_gpus(text: str, available: int) -> list[int]:
-    """--gpus indices, validated against the visible CUDA devices (order kept: it is rank order)."""
+def parse_gpu_list(text: str) -> list[int]:
+    """--gpus indices, in the given order (it is rank order), each at most once."""
     try:
         values = [int(p) for p in text.replace(" ", "").split(",") if p]
     except ValueError:
@@ -86,14 +99,23 @@ def parse_gpus(text: str, available: int) -> list[int]:
         raise VibeError("--gpus is empty; give GPU indices, e.g. 0,1")
     if len(set(values)) != len(values):
         raise VibeError(f"--gpus {text!r} names a GPU twice; each GPU is one EP rank")
-    bad = [v for v in values if not 0 <= v < available]
+    return values
+
+
+def check_visible(indices: list[int], available: int) -> list[int]:
+    """The --gpus indices, each one a CUDA device torch can see."""
+    bad = [v for v in indices if not 0 <= v < available]
     if bad:
         visible = f"0-{available - 1}" if available else "none"
         raise VibeError(
-            f"--gpus {text!r}: no GPU {bad[0]}; {available} visible ({visible}); "
+            f"--gpus {gpu_text(indices)}: no GPU {bad[0]}; {available} visible ({visible}); "
             "check nvidia-smi and CUDA_VISIBLE_DEVICES"
         )
-    return values
+    return indices
+
+
+def gpu_text(indices: list[int]) -> str:
+    return ",".join(str(i) for i in indices)
 
 
 def check_request(req: ProfileRequest) -> None:
@@ -115,12 +137,8 @@ def check_request(req: ProfileRequest) -> None:
         raise VibeError(f"--validate-trials must be at least 1 (got {req.validate_trials})")
     if req.warmup_s is not None and (req.warmup_s < 0 or not math.isfinite(req.warmup_s)):
         raise VibeError(f"--warmup-s must be zero or more seconds (got {req.warmup_s})")
-    if req.tokens is not None:
-        tokens = parse_int_list(req.tokens, "--tokens")
-        if tokens[0] < 1:
-            raise VibeError(f"--tokens: token counts must be positive (got {tokens[0]})")
-    if req.dtype is not None:
-        normalize_dtype(req.dtype)
+    if req.tokens is not None and req.tokens[0] < 1:
+        raise VibeError(f"--tokens: token counts must be positive (got {req.tokens[0]})")
 
 
 def build_sweep(req: ProfileRequest, device_kind: str, num_devices: int) -> Sweep:
@@ -132,15 +150,11 @@ def build_sweep(req: ProfileRequest, device_kind: str, num_devices: int) -> Swee
     if req.quick:
         return _quick_sweep(req, device_kind, num_devices, d)
     model = resolve_model(req.model or "")
-    dtype = normalize_dtype(req.dtype or "bfloat16")
+    dtype = req.dtype or "bfloat16"
     shape = ExpertShape(model.hidden, model.intermediate, dtype, model.gated)
     default_k = min(MAX_DEFAULT_EXPERTS[d], math.ceil(model.num_experts / num_devices))
     experts = req.experts_per_gpu or max(1, default_k)
-    tokens = (
-        parse_int_list(req.tokens, "--tokens")
-        if req.tokens
-        else list(CUDA_TOKENS if d == 0 else CPU_TOKENS)
-    )
+    tokens = req.tokens or list(CUDA_TOKENS if d == 0 else CPU_TOKENS)
     spec = BenchSpec(
         shape=shape,
         experts=experts,
@@ -164,7 +178,7 @@ def _quick_sweep(req: ProfileRequest, device_kind: str, num_devices: int, d: int
             "--quick rescales the same GPUs in the same rank order (else run a full profile)"
         )
     shape = base.expert
-    if req.dtype is not None and normalize_dtype(req.dtype) != shape.dtype:
+    if req.dtype is not None and req.dtype != shape.dtype:
         raise VibeError(f"--dtype {req.dtype} differs from the base profile's {shape.dtype}")
     model = None
     if req.model:
@@ -189,9 +203,7 @@ def _quick_sweep(req: ProfileRequest, device_kind: str, num_devices: int, d: int
     if backend == "auto" and base.method.get("backend") in ("grouped_mm", "loop"):
         backend = str(base.method["backend"])  # same kernel path as the base, or the fit is moot
     base_tokens = sorted({t for g in base.gpus for t in g.curve.tokens})
-    tokens = (
-        parse_int_list(req.tokens, "--tokens") if req.tokens else pick_quick_points(base_tokens)
-    )
+    tokens = req.tokens or pick_quick_points(base_tokens)
     spec = BenchSpec(
         shape=shape,
         experts=experts,

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vibe_plan.defaults import CPSAT_WORKERS, TARGET_GAP, TIME_LIMIT_S
+
 # Costs are scaled to integers on this many units of the start makespan; the rounding error is
 # accounted for in the bound reported back.
 _RESOLUTION = 1_000_000
@@ -16,10 +18,10 @@ _RESOLUTION = 1_000_000
 
 @dataclass(frozen=True)
 class CpSatSettings:
-    time_limit: float = 0.1  # deterministic seconds per layer (reproducible, unlike wall clock)
-    workers: int = 2
+    time_limit: float = TIME_LIMIT_S  # deterministic seconds (reproducible, unlike wall clock)
+    workers: int = CPSAT_WORKERS
     seed: int = 0
-    relative_gap: float = 1e-3
+    relative_gap: float = TARGET_GAP
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from vibe_plan.artifacts.gpu_profile import GpuProfile
 from vibe_plan.artifacts.placement import Placement
 from vibe_plan.artifacts.routing_profile import RoutingProfile
 from vibe_plan.cost import EVEN, curves_of, slot_gpu_times
-from vibe_plan.cost.dispatch import Dispatch, slot_tokens
+from vibe_plan.cost.dispatch import Dispatch, origin_shares, slot_tokens, split_note
 from vibe_plan.errors import VibeError
 from vibe_plan.placement.bounds import slot_bound
 
@@ -122,3 +123,42 @@ def rows_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+@dataclass
+class EvaluateRun:
+    scores: list[Score]
+    rule: Dispatch
+    notes: list[str]  # per placement: map warnings, split approximations
+
+
+def evaluate_run(
+    placements: list[Path],
+    gpus: Path,
+    routing: Path,
+    dispatch: str = "even",
+    token_origin: str = "uniform",
+    nodes: int | None = None,
+) -> EvaluateRun:
+    """`vibe evaluate` as one call: read the profiles and every placement file (any format the
+    engines module reads), score each on every batch under the dispatch rule."""
+    from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
+    from vibe_plan.engines import load_placement
+
+    Dispatch(dispatch)  # an unknown rule fails before any file is read
+    gp = load_gpu_profile(gpus)
+    rp = load_routing_profile(routing)
+    N = gp.node_count(nodes)
+    rule = Dispatch(dispatch, N, origin_shares(token_origin, gp.num_gpus, N), rp.num_hidden_layers)
+    lids = [int(x) for x in rp.layer_ids]
+    scores, notes = [], []
+    for path in placements:
+        p, warnings = load_placement(path, gp.num_gpus, lids, rp.num_experts)
+        if warnings:
+            more = f" (and {len(warnings) - 1} more layers)" if len(warnings) > 1 else ""
+            notes.append(f"{path}: {warnings[0]}{more}")
+        scores.append(score(str(path), gp, rp, p, rule))
+        note = split_note(p.phy2log, p.num_gpus, rule, lids)
+        if note:
+            notes.append(f"{path}: {note}")
+    return EvaluateRun(scores, rule, notes)

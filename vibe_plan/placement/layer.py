@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vibe_plan.cost import TimeCurve, expert_time
+from vibe_plan.defaults import TARGET_GAP
 from vibe_plan.placement.bounds import lower_bound, lp_bound
 from vibe_plan.placement.cpsat import CpSatSettings, solve_layer
 from vibe_plan.placement.heuristic import (
@@ -57,7 +58,7 @@ def plan_layer(
     curves: list[TimeCurve],
     slots: int,
     settings: CpSatSettings,
-    target_gap: float = 1e-3,
+    target_gap: float = TARGET_GAP,
     ils_iters: int = 100,
     node_of: np.ndarray | None = None,
     max_per_expert: int | None = None,
@@ -73,7 +74,7 @@ def start_layer(
     load: np.ndarray,
     curves: list[TimeCurve],
     slots: int,
-    target_gap: float = 1e-3,
+    target_gap: float = TARGET_GAP,
     node_of: np.ndarray | None = None,
     max_per_expert: int | None = None,
 ) -> LayerStart:
@@ -116,7 +117,7 @@ def start_layer(
 def improve_layer(
     start: LayerStart,
     settings: CpSatSettings,
-    target_gap: float = 1e-3,
+    target_gap: float = TARGET_GAP,
     ils_iters: int = 100,
     accept_us: float = 0.0,
 ) -> LayerPlan:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
+from vibe_plan.defaults import TARGET_GAP
 from vibe_plan.placement.solve import SolveResult
 
 
@@ -63,7 +64,7 @@ def solve_table(res: SolveResult, others: dict[str, SolveResult], wall_s: float)
         counts = Counter(part for st in res.status for part in st.split("/"))
         pr = res.placement.predicted
         gaps = np.array(pr["makespan_us"]) / np.maximum(np.array(pr["lower_bound_us"]), 1e-12) - 1
-        within = int((gaps <= 1e-3).sum())
+        within = int((gaps <= TARGET_GAP).sum())
         steps = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
         t.caption = (
             f"{within}/{len(gaps)} layers certified within 0.1%; bound from: {steps}; "

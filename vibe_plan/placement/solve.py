@@ -18,6 +18,7 @@ from vibe_plan.cost import (
     imbalance,
 )
 from vibe_plan.cost.dispatch import Dispatch, rank_split, slot_tokens, split_note
+from vibe_plan.defaults import CPSAT_WORKERS, TARGET_GAP, TIME_LIMIT_S
 from vibe_plan.errors import VibeError
 from vibe_plan.placement.baselines import linear_map, round_robin_map, tile_layers
 from vibe_plan.placement.bounds import own_bound, slot_bound
@@ -39,8 +40,8 @@ class SolveOptions:
     nodes: int | None = None  # default: distinct hosts in the GPU profile
     groups: int | None = None  # default: the routing meta's num_groups, else 1
     group_locality: bool = True  # vibe keeps each expert group inside one node when it can
-    time_limit: float = 0.1  # CP-SAT deterministic seconds per layer
-    workers: int = 2
+    time_limit: float = TIME_LIMIT_S  # CP-SAT deterministic seconds per layer
+    workers: int = CPSAT_WORKERS
     seed: int = 0
     jobs: int | None = None  # layer-parallel processes; default: one per core
     global_bound: bool = True  # vibe: also bound every layer over all replica counts and splits
@@ -81,7 +82,7 @@ def resolve_problem(gpus: GpuProfile, routing: RoutingProfile, opts: SolveOption
             f"{E} experts + {R} redundant = {P} slots do not divide over {G} GPUs; "
             f"use --redundant {near}"
         )
-    N = resolve_nodes(gpus, opts.nodes)
+    N = gpus.node_count(opts.nodes)
     K = opts.groups if opts.groups is not None else (routing.num_groups or 1)
     if K <= 0 or E % K:
         raise VibeError(
@@ -122,15 +123,6 @@ def refit_singles(
     before = gpu_times(curves, phy2log, load, d, layer_ids).max(axis=1)
     after = gpu_times(curves, new, load, d, layer_ids).max(axis=1)
     return np.where((after < before)[:, None], new, phy2log)
-
-
-def resolve_nodes(gpus: GpuProfile, nodes: int | None) -> int:
-    """--nodes, else the distinct hosts of the GPU profile; GPUs split evenly in rank order."""
-    G = gpus.num_gpus
-    N = nodes if nodes is not None else len(dict.fromkeys(gpus.hosts))
-    if N <= 0 or G % N:
-        raise VibeError(f"{G} GPUs do not split evenly over {N} nodes; pass --nodes dividing {G}")
-    return N
 
 
 def solve_placement(
@@ -353,7 +345,7 @@ def _plan_grouped(load, curves, prob: Problem, settings: CpSatSettings) -> Layer
     plans: list[LayerPlan | None] = [None] * N
     span = 0.0
     for n in sorted(range(N), key=lambda n: (-starts[n].makespan_us, n)):
-        plan = improve_layer(starts[n], settings, accept_us=max(span, bound * (1 + 1e-3)))
+        plan = improve_layer(starts[n], settings, accept_us=max(span, bound * (1 + TARGET_GAP)))
         plans[n], span = plan, max(span, plan.makespan_us)
     done = [p for p in plans if p is not None]
     rows = [node_experts[n][p.phy2log] for n, p in enumerate(done)]

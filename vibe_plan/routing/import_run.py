@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from vibe_plan.artifacts.routing_profile import RoutingProfile
+from vibe_plan.defaults import BATCH_TOKENS
 from vibe_plan.engines import EngineDump, dump_format, read_dump
 from vibe_plan.errors import VibeError
 from vibe_plan.model_config import MoeFacts, model_name, moe_facts, read_config
@@ -22,7 +23,7 @@ class ImportedRouting:
 
 
 def import_routing_run(
-    source: Path, fmt: str = "auto", model_dir: Path | None = None, batch_tokens: int = 4096
+    source: Path, fmt: str = "auto", model_dir: Path | None = None, batch_tokens: int = BATCH_TOKENS
 ) -> ImportedRouting:
     source = Path(source)
     if not source.exists():

@@ -11,6 +11,7 @@ import numpy as np
 
 from vibe_plan.artifacts.io import sha256_file
 from vibe_plan.artifacts.routing_profile import RoutingProfile
+from vibe_plan.defaults import BATCH_TOKENS
 from vibe_plan.errors import VibeError
 from vibe_plan.model_config import model_name, moe_facts, read_config
 from vibe_plan.routing.batching import prefill_batches, tokenize_requests
@@ -24,7 +25,7 @@ class ProfileOptions:
     model: Path
     trace: Path
     trace_format: str = "auto"
-    batch_tokens: int = 4096
+    batch_tokens: int = BATCH_TOKENS
     max_requests: int = 0
     phase: str = "prefill"
     decode_steps: int = 16

@@ -1,0 +1,35 @@
+"""Options that several commands share, in one place and one (Annotated) style."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+GpusOpt = Annotated[
+    Path, typer.Option("--gpus", help="GPU profile (vibe.gpu-profile/v1 YAML).", show_default=False)
+]
+RoutingOpt = Annotated[
+    Path,
+    typer.Option(
+        "--routing", help="Routing profile (vibe.routing-profile/v1 .npz).", show_default=False
+    ),
+]
+DispatchOpt = Annotated[
+    str,
+    typer.Option(
+        "--dispatch",
+        help="How the engine splits an expert's tokens over its replicas: even (n/r: SGLang "
+        "dynamic without an a2a backend, TensorRT-LLM, vLLM), static (SGLang static, the "
+        "default with DeepEP), local (SGLang dynamic with DeepEP), lp (SGLang lp, per batch).",
+    ),
+]
+OriginOpt = Annotated[
+    str,
+    typer.Option(
+        "--token-origin",
+        help="static/local: share of the tokens each EP rank routes: uniform (DP attention, "
+        "balanced), or comma-separated weights per rank or per node.",
+    ),
+]

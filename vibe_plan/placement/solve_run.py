@@ -1,0 +1,82 @@
+"""`vibe solve` as one library call: check the options, read both profiles, plan, and plan the
+comparison methods under the same cost model. Saving and rendering stay with the caller."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
+from vibe_plan.artifacts.io import sha256_file
+from vibe_plan.artifacts.routing_profile import RoutingProfile
+from vibe_plan.cost.dispatch import Dispatch, origin_shares
+from vibe_plan.errors import VibeError
+from vibe_plan.placement.solve import (
+    METHODS,
+    SolveOptions,
+    SolveResult,
+    solve_placement,
+)
+
+COMPARE = ("eplb", "linear")  # what a plan is shown next to, under the same cost model
+
+
+@dataclass
+class SolveRun:
+    result: SolveResult  # the placement (with its input hashes), predictions and notes
+    others: dict[str, SolveResult]  # the comparison methods, same problem and cost model
+    routing: RoutingProfile
+    wall_s: float  # the requested method's solve time (not written into the placement)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_options(opts: SolveOptions) -> None:
+    """Refuse meaningless options before any file is read."""
+    if opts.method not in METHODS:
+        raise VibeError(f"unknown method {opts.method!r}; choose one of {', '.join(METHODS)}")
+    if opts.workers < 1 or (opts.jobs is not None and opts.jobs < 1):
+        raise VibeError("--workers and --jobs must be at least 1")
+    if not (math.isfinite(opts.time_limit) and opts.time_limit >= 0):
+        raise VibeError(f"--time-limit is {opts.time_limit}; give a finite number of seconds >= 0")
+    if opts.redundant < 0:
+        raise VibeError(f"--redundant is {opts.redundant}; it must be at least 0")
+    Dispatch(opts.dispatch)  # an unknown rule fails here
+
+
+def solve_run(
+    gpus: Path,
+    routing: Path,
+    opts: SolveOptions,
+    token_origin: str = "uniform",
+    compare: tuple[str, ...] = COMPARE,
+    progress=None,
+) -> SolveRun:
+    """Plan with `opts.method`; `token_origin`: 'uniform' or weights per EP rank or per node."""
+    check_options(opts)
+    gp = load_gpu_profile(gpus)
+    rp = load_routing_profile(routing)
+    origin = origin_shares(token_origin, gp.num_gpus, gp.node_count(opts.nodes))
+    opts = dataclasses.replace(opts, token_origin=origin)
+    start = time.perf_counter()
+    result = solve_placement(gp, rp, opts, progress)
+    wall = time.perf_counter() - start
+    result.placement.inputs = {
+        "gpus_sha256": sha256_file(gpus),
+        "routing_sha256": sha256_file(routing),
+    }
+    others = {}
+    for name in compare:
+        if name != opts.method:
+            base = SolveOptions(
+                name,
+                opts.redundant,
+                opts.nodes,
+                opts.groups,
+                dispatch=opts.dispatch,
+                token_origin=origin,
+            )
+            others[name] = solve_placement(gp, rp, base)
+    return SolveRun(result, others, rp, wall, list(result.notes))
