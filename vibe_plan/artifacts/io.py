@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from vibe_plan.errors import VibeError
+from vibe_plan.errors import VibeError, first_line
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:
@@ -81,7 +81,7 @@ def read_doc(path: Path, what: str) -> Any:
             return yaml.safe_load(path.read_text())
         return json.loads(path.read_text())
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
         raise VibeError(f"{path}: not valid {kind} ({first}); is this a {what}?")
 

@@ -2,7 +2,8 @@
 
 `t_g(n)`: piecewise-linear through the measured points, made non-decreasing, `t_g(0) = 0`, linear
 past the last point. An expert's tokens reach its replicas by the engine's dispatch rule
-(`dispatch.py`; `even`: n / r each).
+(`dispatch.py`; `even`: n / r each). Shared by profiling, planning and evaluating; the model is
+described in docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`vibe solve` as a library call: every method, all layers, one Placement (docs/formats.md)."""
+"""Plan every MoE layer with one method into one Placement (docs/design.md: how a plan is made
+and certified; docs/formats.md: the file)."""
 
 from __future__ import annotations
 
