@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: demo test lint bench install-core install-full clean
+.PHONY: demo test lint bench install-core install-full browser clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,7 @@ $(VENV)/.full: $(BIN)/python pyproject.toml
 ifneq ($(HAS_GPU),1)
 	$(BIN)/pip install -q $(TORCH_CPU)
 endif
-	$(BIN)/pip install -q -e '.[dev,gpu,routing]'
+	$(BIN)/pip install -q -e '.[dev,gpu,routing,report]'
 	touch $@
 
 install-core: $(VENV)/.core
@@ -29,7 +29,18 @@ install-full: $(VENV)/.full
 demo: $(VENV)/.full
 	PATH=$(CURDIR)/$(BIN):$$PATH bash examples/demo.sh
 
-test: $(VENV)/.full
+# The report's browser test drives the system chromium (Playwright, no browser download). Debian's
+# package is installed where it is missing and apt and root are at hand; else the test is skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	else \
+		echo "chromium not found and not installable here (needs apt-get and root):" \
+			"the report's browser test will be skipped"; \
+	fi
+
+test: $(VENV)/.full browser
 	$(BIN)/python -m pytest -p no:cacheprovider
 
 lint: $(VENV)/.full

@@ -38,4 +38,9 @@ vibe solve --gpus $OUT/tiny-fleet.yaml --routing $OUT/tiny-routing.npz --out $OU
   --export sglang=$OUT/tiny-sglang.json --quiet
 
 echo
-echo "demo outputs are in $OUT/"
+echo "== 4. vibe report: one HTML page with the whole picture of the plans above (held-out batches)"
+vibe report --gpus $G --routing examples/routing-heldout.npz \
+  $OUT/placement.json $OUT/eplb.json $OUT/linear.json --out $OUT/report
+
+echo
+echo "demo outputs are in $OUT/; the report: $OUT/report/index.html (open it in a browser)"

@@ -89,6 +89,11 @@ FORBIDDEN = [
     ("vibe_plan.gpus", "vibe_plan.commands"),
     ("vibe_plan.routing", "vibe_plan.commands"),
     ("vibe_plan.placement", "vibe_plan.commands"),
+    ("vibe_plan.simulate", "vibe_plan.commands"),
+    ("vibe_plan.report", "vibe_plan.commands"),
+    ("vibe_plan.placement", "vibe_plan.report"),
+    ("vibe_plan.placement", "vibe_plan.simulate"),
+    ("vibe_plan.simulate", "vibe_plan.report"),
 ]
 
 

@@ -2,4 +2,5 @@
 
 from vibe_plan.cli import run
 
-run()
+if __name__ == "__main__":  # not again in a process a worker pool spawns (it imports __main__)
+    run()

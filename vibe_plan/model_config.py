@@ -182,8 +182,19 @@ def _first(cfg: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, Any] | None
     return None
 
 
-def _positive_int(where: str, key: str, value: Any) -> int:
+# Sizes past these are no model's: a corrupt config, refused before anything is sized by them.
+MAX_LAYERS = 10_000  # decoder layers (the routing profile's limit too)
+MAX_EXPERTS = 1 << 16  # routed experts per layer
+MAX_DIM = 10**7  # hidden / intermediate size
+
+
+def _positive_int(where: str, key: str, value: Any, limit: int | None = None) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if limit is not None and value > limit:
+            raise VibeError(
+                f"{where}: {key} = {value!r} is more than any model has (at most {limit:,}); "
+                "is the config corrupt?"
+            )
         return value
     raise VibeError(f"{where}: {key} = {value!r} must be a positive integer")
 
@@ -216,7 +227,7 @@ def _read(cfg: dict[str, Any], where: str, presets_hint: bool = False) -> _Read:
             f"this is not a Mixture-of-Experts model{hint if presets_hint else ''}"
         )
     keys["num_experts"] = prefix + experts_hit[0]
-    num_experts = _positive_int(where, *experts_hit)
+    num_experts = _positive_int(where, *experts_hit, limit=MAX_EXPERTS)
     topk_hit = _first(tc, TOPK_KEYS)
     if topk_hit is None:
         raise VibeError(f"{where}: missing top-k (looked for {', '.join(TOPK_KEYS)})")
@@ -231,14 +242,14 @@ def _read(cfg: dict[str, Any], where: str, presets_hint: bool = False) -> _Read:
     layers_hit = _first(tc, LAYER_KEYS)
     if layers_hit is not None:
         keys["num_layers"] = prefix + layers_hit[0]
-        layers = _positive_int(where, *layers_hit)
+        layers = _positive_int(where, *layers_hit, limit=MAX_LAYERS)
     size: dict[str, int | None] = {}
     for fact, options in (("hidden", HIDDEN_KEYS), ("intermediate", INTERMEDIATE_KEYS)):
         hit = _first(tc, options)
         size[fact] = None
         if hit is not None:
             keys[fact] = prefix + hit[0]
-            size[fact] = _positive_int(where, *hit)
+            size[fact] = _positive_int(where, *hit, limit=MAX_DIM)
     gated = True
     act_hit = _first(tc, ACTIVATION_KEYS)
     if act_hit is not None:
@@ -258,15 +269,20 @@ def moe_facts(cfg: dict[str, Any], name: str, where: str = "config.json") -> Moe
         )
     tc = r.tc
     try:
-        groups = int(tc["n_group"]) if tc.get("n_group") else None
+        groups = _layout_int(tc, "n_group", 0, 1) or None
         if groups is not None and (groups <= 1 or r.num_experts % groups):
             groups = None  # one group (or a count that does not divide) means no group limit
-        topk_group = int(tc["topk_group"]) if groups and tc.get("topk_group") else None
+        topk_group = (_layout_int(tc, "topk_group", 0, 1) or None) if groups else None
         moe_layers = moe_layer_ids(tc, r.layers)
         shared = shared_expert_count(tc)
-        mtp = int(tc.get("num_nextn_predict_layers") or 0)
-    except (TypeError, ValueError) as e:
+        mtp = _layout_int(tc, "num_nextn_predict_layers", 0, 0)
+    except (TypeError, ValueError, OverflowError) as e:
         raise VibeError(f"{where}: cannot read the MoE layout ({e})") from None
+    if not moe_layers:
+        raise VibeError(
+            f"{where}: the MoE layout keys leave none of the {r.layers} decoder layers with "
+            "routed experts; is the config corrupt?"
+        )
     return MoeFacts(
         model=name,
         model_type=str(tc.get("model_type") or cfg.get("model_type") or "unknown"),
@@ -286,28 +302,59 @@ def moe_facts(cfg: dict[str, Any], name: str, where: str = "config.json") -> Moe
     )
 
 
+def expert_meta(facts: MoeFacts) -> dict[str, Any]:
+    """The routing-profile meta key recording the expert FFN shape (`expert`), so that solve and
+    evaluate can refuse a GPU profile measured for another shape; empty where the config lacks
+    the sizes."""
+    if facts.hidden is None or facts.intermediate is None:
+        return {}
+    return {
+        "expert": {
+            "hidden": facts.hidden,
+            "intermediate": facts.intermediate,
+            "gated": facts.gated,
+        }
+    }
+
+
 def moe_layer_ids(tc: dict[str, Any], layers: int) -> list[int]:
     """Decoder layers with routed experts, by the same rules the modeling code applies."""
     ids = range(layers)
     if isinstance(tc.get("moe_layers"), list):  # Llama-4
-        return sorted(int(i) for i in tc["moe_layers"] if 0 <= int(i) < layers)
-    if tc.get("interleave_moe_layer_step"):
-        step = int(tc["interleave_moe_layer_step"])
+        picked = [_layout_int({"moe_layers": i}, "moe_layers", 0, 0) for i in tc["moe_layers"]]
+        return sorted(i for i in set(picked) if i < layers)
+    step = _layout_int(tc, "interleave_moe_layer_step", 0, 1)
+    if step:
         return list(range(step - 1, layers, step))
     if "first_k_dense_replace" in tc:  # DeepSeek, GLM
-        k = int(tc.get("first_k_dense_replace") or 0)
-        freq = int(tc.get("moe_layer_freq") or 1)
+        k = _layout_int(tc, "first_k_dense_replace", 0, 0)
+        freq = _layout_int(tc, "moe_layer_freq", 1, 1)
         return [i for i in ids if i >= k and i % freq == 0]
     if "decoder_sparse_step" in tc or "mlp_only_layers" in tc:  # Qwen2/3-MoE
-        dense = {int(i) for i in tc.get("mlp_only_layers") or []}
-        step = int(tc.get("decoder_sparse_step") or 1)
+        dense_raw = tc.get("mlp_only_layers") or []
+        if not isinstance(dense_raw, list):
+            raise ValueError(f"mlp_only_layers = {dense_raw!r} must be a list of layer ids")
+        dense = {_layout_int({"mlp_only_layers": i}, "mlp_only_layers", 0, 0) for i in dense_raw}
+        step = _layout_int(tc, "decoder_sparse_step", 1, 1)
         return [i for i in ids if i not in dense and (i + 1) % step == 0]
     return list(ids)
 
 
+def _layout_int(tc: dict[str, Any], key: str, default: int, low: int) -> int:
+    """An integer layout key of a config (absent, null or 0: `default`); ValueError if it is not
+    an integer >= `low`."""
+    v = tc.get(key)
+    if v is None or (v == 0 and not isinstance(v, bool)):
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{key} = {v!r} must be an integer >= {low}")
+    return v
+
+
 def shared_expert_count(tc: dict[str, Any]) -> int:
-    if tc.get("n_shared_experts"):  # DeepSeek, GLM
-        return int(tc["n_shared_experts"])
+    shared = _layout_int(tc, "n_shared_experts", 0, 0)
+    if shared:  # DeepSeek, GLM
+        return shared
     if tc.get("shared_expert_intermediate_size"):  # Qwen2-MoE, Qwen3-Next: one wide shared expert
         return 1
     if str(tc.get("model_type", "")).startswith("llama4"):  # one shared expert per MoE layer

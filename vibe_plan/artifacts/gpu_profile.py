@@ -9,10 +9,15 @@ from typing import Any
 
 import yaml
 
-from vibe_plan.artifacts.io import atomic_write, require_file
-from vibe_plan.errors import VibeError, first_line
+from vibe_plan.artifacts.io import atomic_write, read_doc, require_file
+from vibe_plan.errors import VibeError
+from vibe_plan.model_config import MAX_DIM
 
 GPU_SCHEMA = "vibe.gpu-profile/v1"
+# Beyond these a curve is not a measurement: 1e12 us (11 days) for one expert and a billion tokens
+# per expert are far past any real forward pass, and below them the cost model's sums stay finite.
+MAX_TIME_US = 1e12
+MAX_TOKENS = 10**9
 
 
 @dataclass(frozen=True)
@@ -69,18 +74,29 @@ class GpuProfile:
         return N
 
 
-def _number_list(path: Path | str, where: str, value: Any, positive: bool) -> list[float]:
+def _number_list(
+    path: Path | str, where: str, value: Any, positive: bool, limit: float, unit: str
+) -> list[float]:
     if not isinstance(value, list) or not value:
         raise VibeError.at(path, where, "must be a non-empty list of numbers")
     out = []
     for i, v in enumerate(value):
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise VibeError.at(path, f"{where}[{i}]", f"{v!r} is not a number")
-        x = float(v)
+        try:
+            x = float(v)
+        except OverflowError:
+            x = math.inf
         if not math.isfinite(x):
             raise VibeError.at(path, f"{where}[{i}]", f"{v} is not finite; re-run profiling")
         if positive and x <= 0:
             raise VibeError.at(path, f"{where}[{i}]", f"{v} must be positive")
+        if x > limit:
+            raise VibeError.at(
+                path,
+                f"{where}[{i}]",
+                f"{v:g} is above {limit:g} {unit}, not a measurement; re-run profiling",
+            )
         out.append(x)
     return out
 
@@ -91,16 +107,21 @@ def _parse_curve(path: Path | str, where: str, raw: Any) -> GpuCurve:
     for key in ("tokens", "time_us"):
         if key not in raw:
             raise VibeError.at(path, f"{where}.{key}", "missing")
-    tokens_f = _number_list(path, f"{where}.tokens", raw["tokens"], positive=True)
+    tokens_f = _number_list(
+        path, f"{where}.tokens", raw["tokens"], True, MAX_TOKENS, "tokens per expert"
+    )
     if any(t != int(t) for t in tokens_f):
         raise VibeError.at(path, f"{where}.tokens", "token counts must be integers")
     tokens = [int(t) for t in tokens_f]
     if any(b <= a for a, b in zip(tokens, tokens[1:], strict=False)):
         raise VibeError.at(path, f"{where}.tokens", "must strictly increase")
-    curve = GpuCurve(tokens, _number_list(path, f"{where}.time_us", raw["time_us"], True))
+    curve = GpuCurve(
+        tokens, _number_list(path, f"{where}.time_us", raw["time_us"], True, MAX_TIME_US, "us")
+    )
     for key in ("p10_us", "p90_us"):
         if raw.get(key) is not None:
-            setattr(curve, key, _number_list(path, f"{where}.{key}", raw[key], positive=True))
+            values = _number_list(path, f"{where}.{key}", raw[key], True, MAX_TIME_US, "us")
+            setattr(curve, key, values)
     for key in ("time_us", "p10_us", "p90_us"):
         values = getattr(curve, key)
         if values is not None and len(values) != len(tokens):
@@ -112,28 +133,88 @@ def _parse_curve(path: Path | str, where: str, raw: Any) -> GpuCurve:
     return curve
 
 
+def _expert_shape(path: Path | str, exp: Any) -> ExpertShape:
+    if not isinstance(exp, dict):
+        raise VibeError.at(path, "expert", "missing; needs {hidden, intermediate, dtype, gated}")
+    sizes = {}
+    for key in ("hidden", "intermediate"):
+        if key not in exp:
+            raise VibeError.at(path, f"expert.{key}", "missing; the expert FFN's size is needed")
+        sizes[key] = _dimension(path, f"expert.{key}", exp[key])
+    dtype = exp.get("dtype", "bfloat16")
+    if not isinstance(dtype, str) or not dtype:
+        raise VibeError.at(path, "expert.dtype", f"{dtype!r} is not a dtype name like bfloat16")
+    gated = exp.get("gated", True)
+    if not isinstance(gated, bool):
+        raise VibeError.at(path, "expert.gated", f"{gated!r} must be true or false")
+    return ExpertShape(sizes["hidden"], sizes["intermediate"], dtype, gated)
+
+
+def _dimension(path: Path | str, where: str, v: Any) -> int:
+    """A positive integer size (an integral float like 2048.0 is accepted)."""
+    ok = isinstance(v, int | float) and not isinstance(v, bool)
+    if ok and isinstance(v, float):
+        ok = math.isfinite(v) and v == int(v)
+    if not ok or not 0 < v <= MAX_DIM:
+        raise VibeError.at(path, where, f"{v!r} must be a positive integer (at most {MAX_DIM:,})")
+    return int(v)
+
+
+def _gpu_entry(path: Path | str, i: int, g: Any) -> GpuEntry:
+    where = f"gpus[{i}]"
+    if not isinstance(g, dict):
+        raise VibeError.at(path, where, "must be a mapping")
+    gid = g.get("id", i)
+    if isinstance(gid, bool) or not isinstance(gid, int) or gid < 0:
+        raise VibeError.at(
+            path, f"{where}.id", f"{gid!r} must be a non-negative integer (the GPU's EP rank)"
+        )
+    text: dict[str, str | None] = {}
+    for key, default in (("host", "node0"), ("name", "unknown"), ("uuid", None)):
+        value = g.get(key, default)
+        if value is None and default is not None:
+            raise VibeError.at(path, f"{where}.{key}", "is null; give a string or leave it out")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, str | int)):
+            raise VibeError.at(path, f"{where}.{key}", f"{value!r} must be a string")
+        text[key] = None if value is None else str(value)
+    tel = g.get("telemetry")
+    if tel is not None and not isinstance(tel, dict):
+        raise VibeError.at(path, f"{where}.telemetry", "must be a mapping")
+    return GpuEntry(
+        id=gid,
+        host=str(text["host"]),
+        name=str(text["name"]),
+        uuid=text["uuid"],
+        telemetry=tel,
+        curve=_parse_curve(path, f"{where}.curve", g.get("curve")),
+    )
+
+
+def _check_unique(path: Path | str, gpus: list[GpuEntry]) -> None:
+    """Each GPU once: two entries with one id or one UUID mean a copy-paste error."""
+    for key, label in (("id", "id"), ("uuid", "uuid")):
+        seen: dict[Any, int] = {}
+        for i, g in enumerate(gpus):
+            value = getattr(g, key)
+            if value is None:
+                continue
+            if value in seen:
+                raise VibeError.at(
+                    path,
+                    f"gpus[{i}].{label}",
+                    f"{value!r} is also gpus[{seen[value]}]'s; each GPU must appear once "
+                    "(re-run profile-gpus, or fix the copied entry)",
+                )
+            seen[value] = i
+
+
 def gpu_profile_from_dict(raw: Any, path: Path | str = "<gpu profile>") -> GpuProfile:
     if not isinstance(raw, dict):
         raise VibeError.at(path, "top level", "must be a mapping (is this a GPU profile YAML?)")
     schema = raw.get("schema")
     if schema != GPU_SCHEMA:
         raise VibeError.at(path, "schema", f"expected {GPU_SCHEMA!r}, found {schema!r}")
-    exp = raw.get("expert")
-    if not isinstance(exp, dict):
-        raise VibeError.at(path, "expert", "missing; needs {hidden, intermediate, dtype, gated}")
-    try:
-        expert = ExpertShape(
-            hidden=int(exp["hidden"]),
-            intermediate=int(exp["intermediate"]),
-            dtype=str(exp.get("dtype", "bfloat16")),
-            gated=bool(exp.get("gated", True)),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise VibeError.at(
-            path, "expert", f"bad or missing field ({e}); needs integer hidden, intermediate"
-        )
-    if expert.hidden <= 0 or expert.intermediate <= 0:
-        raise VibeError.at(path, "expert", "hidden and intermediate must be positive")
+    expert = _expert_shape(path, raw.get("expert"))
     method = raw.get("method") or {}
     if not isinstance(method, dict):
         raise VibeError.at(path, "method", "must be a mapping")
@@ -142,35 +223,24 @@ def gpu_profile_from_dict(raw: Any, path: Path | str = "<gpu profile>") -> GpuPr
         raise VibeError.at(
             path, "gpus", "missing or empty; list one entry per GPU in EP rank order"
         )
-    gpus = []
-    for i, g in enumerate(gpus_raw):
-        if not isinstance(g, dict):
-            raise VibeError.at(path, f"gpus[{i}]", "must be a mapping")
-        tel = g.get("telemetry")
-        if tel is not None and not isinstance(tel, dict):
-            raise VibeError.at(path, f"gpus[{i}].telemetry", "must be a mapping")
-        gpus.append(
-            GpuEntry(
-                id=int(g.get("id", i)),
-                host=str(g.get("host", "node0")),
-                name=str(g.get("name", "unknown")),
-                uuid=None if g.get("uuid") is None else str(g["uuid"]),
-                telemetry=tel,
-                curve=_parse_curve(path, f"gpus[{i}].curve", g.get("curve")),
-            )
-        )
+    gpus = [_gpu_entry(path, i, g) for i, g in enumerate(gpus_raw)]
+    _check_unique(path, gpus)
     known = {"schema", "expert", "method", "gpus"}
     extra = {k: v for k, v in raw.items() if k not in known}
     return GpuProfile(expert=expert, gpus=gpus, method=dict(method), extra=extra)
 
 
+def profile_num_experts(profile: GpuProfile) -> int | None:
+    """The expert count of the model the GPUs were profiled for (`method.model.num_experts`),
+    where the profile records it."""
+    model = profile.method.get("model")
+    n = model.get("num_experts") if isinstance(model, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
 def load_gpu_profile(path: str | Path) -> GpuProfile:
     path = require_file(path, "GPU profile")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = first_line(e)
-        raise VibeError(f"{path}: not valid YAML ({first}); is this a GPU profile?")
+    raw = read_doc(path, "GPU profile", kind="yaml")
     return gpu_profile_from_dict(raw, path)
 
 
@@ -229,3 +299,35 @@ def dump_gpu_profile(profile: GpuProfile) -> str:
 
 def save_gpu_profile(profile: GpuProfile, path: str | Path) -> None:
     atomic_write(path, dump_gpu_profile(profile))
+
+
+def check_model_fit(
+    profile: GpuProfile,
+    gpus_path: Path | str,
+    expert: tuple[int, int, bool] | None,
+    num_experts: int,
+    routing_path: Path | str,
+) -> list[str]:
+    """Refuse a GPU profile measured for another expert FFN shape than the routing profile's model
+    (`expert`: its (hidden, intermediate, gated), None where the routing meta does not record it);
+    warn where the expert counts the two profiles record differ. Returns the warnings."""
+    e = profile.expert
+    if expert is not None and (e.hidden, e.intermediate, e.gated) != tuple(expert):
+        ours = _shape(e.hidden, e.intermediate, e.gated)
+        raise VibeError(
+            f"{gpus_path}: expert: the GPUs were profiled for a {ours} expert FFN (hidden x "
+            f"intermediate), but {routing_path} is for a model with {_shape(*expert)} experts; "
+            "profile the GPUs for this model (vibe profile-gpus --model MODEL)"
+        )
+    notes = []
+    profiled = profile_num_experts(profile)
+    if profiled is not None and profiled != num_experts:
+        notes.append(
+            f"{gpus_path}: profiled for a model with {profiled} experts (method.model), but "
+            f"{routing_path} has {num_experts}; are the two profiles for the same model?"
+        )
+    return notes
+
+
+def _shape(hidden: int, intermediate: int, gated: bool) -> str:
+    return f"{hidden}x{intermediate} {'gated' if gated else 'ungated'}"

@@ -8,6 +8,7 @@ whose `load_placement` takes any of them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vibe_plan.artifacts.io import atomic_write, read_doc, require_file
+from vibe_plan.artifacts.routing_profile import MAX_LAYERS
 from vibe_plan.errors import VibeError
 
 PLACEMENT_SCHEMA = "vibe.placement/v1"
@@ -99,17 +101,25 @@ def placement_to_dict(p: Placement) -> dict[str, Any]:
 
 
 def dump_placement(p: Placement) -> str:
-    """Stable JSON text: keys in contract order, one map row per line, no timestamps."""
+    """Stable JSON text: keys in contract order, one map row per line, no timestamps. Always strict
+    JSON: a non-finite number (NaN, Infinity) is refused, never written."""
     d = placement_to_dict(p)
     lines = ["{"]
     items = list(d.items())
-    for i, (k, v) in enumerate(items):
-        comma = "," if i < len(items) - 1 else ""
-        if k == "physical_to_logical_map":
-            rows = ",\n    ".join(json.dumps(r, separators=(",", ":")) for r in v)
-            lines.append(f'  "{k}": [\n    {rows}\n  ]{comma}')
-        else:
-            lines.append(f"  {json.dumps(k)}: {json.dumps(v, sort_keys=False)}{comma}")
+    try:
+        for i, (k, v) in enumerate(items):
+            comma = "," if i < len(items) - 1 else ""
+            if k == "physical_to_logical_map":
+                rows = ",\n    ".join(json.dumps(r, separators=(",", ":")) for r in v)
+                lines.append(f'  "{k}": [\n    {rows}\n  ]{comma}')
+            else:
+                text = json.dumps(v, sort_keys=False, allow_nan=False)
+                lines.append(f"  {json.dumps(k)}: {text}{comma}")
+    except ValueError:
+        raise VibeError(
+            "the placement's predicted times are not finite numbers; the GPU profile's curves "
+            "are unusable (re-run profile-gpus)"
+        ) from None
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -186,14 +196,25 @@ def placement_from_doc(
     for key in need:
         if key not in raw:
             raise VibeError(f"{path}: {key}: missing")
+    G = count_field(path, "num_gpus", raw["num_gpus"])
+    S = count_field(path, "slots_per_gpu", raw["slots_per_gpu"])
+    E = count_field(path, "num_logical_experts", raw["num_logical_experts"])
+    lids = layer_id_list(path, "layer_ids", raw["layer_ids"])
     m = int_map(path, "physical_to_logical_map", raw["physical_to_logical_map"])
-    G, S, E = int(raw["num_gpus"]), int(raw["slots_per_gpu"]), int(raw["num_logical_experts"])
-    lids = [int(x) for x in raw["layer_ids"]]
     if m.shape != (len(lids), G * S):
         raise VibeError(
             f"{path}: physical_to_logical_map has shape {list(m.shape)}, expected "
             f"[{len(lids)} layers, {G}x{S} slots]"
         )
+    if "num_physical_experts" in raw:
+        P = count_field(path, "num_physical_experts", raw["num_physical_experts"])
+        if P != G * S:
+            raise VibeError(
+                f"{path}: num_physical_experts: {P}, but {G} GPUs x {S} slots are {G * S}"
+            )
+    N = count_field(path, "num_nodes", raw.get("num_nodes", 1))
+    if G % N:
+        raise VibeError(f"{path}: num_nodes: {N} nodes do not divide {G} GPUs")
     if num_gpus is not None and num_gpus != G:
         raise VibeError(
             f"{path}: num_gpus: placement is for {G} GPUs but the GPU profile has {num_gpus}"
@@ -215,11 +236,78 @@ def placement_from_doc(
         num_logical_experts=E,
         layer_ids=lids,
         phy2log=m,
-        num_nodes=int(raw.get("num_nodes", 1)),
-        gpus=list(raw.get("gpus", [])),
-        method=str(raw.get("method", "unknown")),
-        dispatch=dict(raw.get("dispatch", {})),
-        predicted=dict(raw.get("predicted", {})),
-        inputs=dict(raw.get("inputs", {})),
+        num_nodes=N,
+        gpus=_gpu_records(path, raw.get("gpus", []), G),
+        method=_text(path, "method", raw.get("method", "unknown")),
+        dispatch=_mapping(path, "dispatch", raw.get("dispatch", {})),
+        predicted=_predicted(path, raw.get("predicted", {})),
+        inputs={
+            k: _text(path, f"inputs.{k}", v)
+            for k, v in _mapping(path, "inputs", raw.get("inputs", {})).items()
+        },
     )
     return p, warns
+
+
+def count_field(path: str | Path, key: str, value: Any) -> int:
+    """A positive integer field (an integral float like 8.0 is accepted)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value) and value == int(value)
+    if not ok or value < 1:
+        raise VibeError(f"{path}: {key}: {value!r} must be a positive integer")
+    return int(value)
+
+
+def layer_id_list(path: str | Path, key: str, value: Any) -> list[int]:
+    """Decoder-layer ids: a list of non-negative integers, strictly increasing."""
+    if not isinstance(value, list) or not value:
+        raise VibeError(f"{path}: {key}: must be a non-empty list of decoder-layer ids")
+    for i, x in enumerate(value):
+        if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < MAX_LAYERS:
+            raise VibeError(
+                f"{path}: {key}[{i}]: {x!r} must be a decoder-layer id, an integer in "
+                f"0..{MAX_LAYERS - 1}"
+            )
+    if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+        raise VibeError(f"{path}: {key}: must strictly increase")
+    return [int(x) for x in value]
+
+
+def _text(path: Path, key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise VibeError(f"{path}: {key}: {value!r} must be a string")
+    return value
+
+
+def _mapping(path: Path, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise VibeError(f"{path}: {key}: must be a JSON object")
+    return dict(value)
+
+
+def _gpu_records(path: Path, value: Any, num_gpus: int) -> list[dict[str, Any]]:
+    """`gpus`: the fleet the plan was made for, in EP rank order (optional)."""
+    if not isinstance(value, list):
+        raise VibeError(f"{path}: gpus: must be a list of GPU records")
+    if value and len(value) != num_gpus:
+        raise VibeError(f"{path}: gpus: lists {len(value)} GPUs but num_gpus is {num_gpus}")
+    for i, g in enumerate(value):
+        if not isinstance(g, dict):
+            raise VibeError(f"{path}: gpus[{i}]: must be a JSON object")
+        for key in ("uuid", "host", "name"):
+            if key in g and not isinstance(g[key], str):
+                raise VibeError(f"{path}: gpus[{i}].{key}: {g[key]!r} must be a string")
+    return [dict(g) for g in value]
+
+
+def _predicted(path: Path, value: Any) -> dict[str, list[float]]:
+    out = {}
+    for key, values in _mapping(path, "predicted", value).items():
+        if not isinstance(values, list) or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+            for x in values
+        ):
+            raise VibeError(f"{path}: predicted.{key}: must be a list of finite numbers")
+        out[key] = [float(x) for x in values]
+    return out

@@ -30,12 +30,21 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score placements on each batch of a routing profile (use batches the plan did not see)."""
-    from vibe_plan.artifacts.io import atomic_write, check_writable
+    from vibe_plan.artifacts.io import atomic_write, check_distinct, check_writable
     from vibe_plan.console import console, warn
+    from vibe_plan.errors import VibeError
     from vibe_plan.placement.evaluate import evaluate_run, rows_csv, score_rows
     from vibe_plan.placement.render import evaluate_table
 
+    if nodes is not None and nodes < 1:
+        raise VibeError(f"--nodes is {nodes}; it must be at least 1")
     if csv is not None:
+        inputs = [
+            ("--gpus", gpus),
+            ("--routing", routing),
+            *(("a placement", p) for p in placements),
+        ]
+        check_distinct([("--csv", csv)], inputs)
         check_writable(csv, "--csv")
     run = evaluate_run(placements, gpus, routing, dispatch, token_origin, nodes)
     for note in run.notes:

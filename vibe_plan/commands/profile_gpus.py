@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -80,14 +81,27 @@ def profile_gpus(
     moved_pct: Annotated[
         float, typer.Option(help="--quick reports a GPU as moved at this % change or more.")
     ] = 3.0,
-    seed: Annotated[int, typer.Option(help="Seed for weights, sample order, --validate.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed for weights, sample order, --validate (0 to 2147483647).")
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Let torch's warnings through (silenced by default).")
+    ] = False,
 ) -> None:
     """Measure each GPU's time for one routed expert's FFN vs the tokens routed to it (HELP)."""
+    from vibe_plan.artifacts.io import check_distinct, check_writable
     from vibe_plan.console import progress
     from vibe_plan.gpus.measure import run_profile
     from vibe_plan.gpus.sweep import ProfileRequest
 
+    inputs = [("--base", base)] if base is not None else []
+    if model is not None and Path(model).is_file():  # a config.json; a preset is just a name
+        inputs.append(("--model", Path(model)))
+    check_distinct([("--out", out)], inputs)
+    # Under torchrun only rank 0 writes, and only node 0 needs the --out folder (measure checks).
+    if os.environ.get("RANK", "0") == "0":
+        check_writable(out, "--out")
     request = ProfileRequest.parse(
         out=out,
         model=model,
@@ -107,7 +121,7 @@ def profile_gpus(
         seed=seed,
     )
     with progress(quiet) as bar:
-        outcome = run_profile(request, bar)
+        outcome = run_profile(request, bar, verbose)
     if outcome is not None:
         from vibe_plan.artifacts.gpu_profile import save_gpu_profile
         from vibe_plan.gpus.render import render

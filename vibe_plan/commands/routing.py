@@ -55,18 +55,29 @@ def profile_routing(
     dtype: Annotated[
         str, typer.Option(help="auto (the checkpoint's) | float32 | bfloat16 | float16.")
     ] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed for decode sampling and filler text.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed for decode sampling and filler text (0 to 2147483647).")
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", help="Let transformers' log (load report) and torch warnings through."
+        ),
+    ] = False,
 ) -> None:
     """Replay a request trace through a MoE model's own routers and record tokens per expert.
 
     Hooks read each router's chosen experts (padding excluded) in every MoE layer; the profile
     keeps one row per prefill batch (and per decode step) for `vibe solve`.
     """
+    from vibe_plan.artifacts.io import check_distinct, check_writable
     from vibe_plan.artifacts.routing_profile import save_routing_profile
     from vibe_plan.console import interactive, token_progress, warn
     from vibe_plan.routing.profile_run import ProfileOptions, profile_routing_run
 
+    check_distinct([("--out", out)], [("--trace", trace), ("--model", model)])
+    check_writable(out, "--out")  # before the model loads and the replay runs
     with token_progress("replaying", quiet) as on_tokens:
         run = profile_routing_run(
             ProfileOptions(
@@ -81,6 +92,7 @@ def profile_routing(
                 dtype=dtype,
                 seed=seed,
                 show_progress=interactive(quiet),
+                verbose=verbose,
             ),
             on_tokens,
         )
@@ -118,10 +130,17 @@ def import_routing(
     SGLang: the expert-distribution recorder's stat or per_pass dumps; TensorRT-LLM:
     EXPERT_STATISTIC_PATH (meta_info.json + rank*.safetensors); vLLM: routed_experts arrays.
     """
+    from vibe_plan.artifacts.io import check_distinct, check_writable
     from vibe_plan.artifacts.routing_profile import save_routing_profile
     from vibe_plan.console import warn
+    from vibe_plan.errors import VibeError
     from vibe_plan.routing.import_run import import_routing_run
 
+    if batch_tokens < 1:
+        raise VibeError(f"--batch-tokens is {batch_tokens}; it must be at least 1")
+    inputs = [("the source", source), *([("--model", model)] if model is not None else [])]
+    check_distinct([("--out", out)], inputs)
+    check_writable(out, "--out")
     run = import_routing_run(source, format, model, batch_tokens)
     for note in run.notes:
         warn(note)

@@ -61,8 +61,12 @@ def solve(
             "0 turns CP-SAT off.",
         ),
     ] = TIME_LIMIT_S,
-    workers: Annotated[int, typer.Option(help="CP-SAT workers (at least 2).")] = CPSAT_WORKERS,
-    seed: Annotated[int, typer.Option(help="Seed for CP-SAT and the local search.")] = 0,
+    workers: Annotated[
+        int, typer.Option(help="CP-SAT workers (at least 2: its portfolio runs two searches).")
+    ] = CPSAT_WORKERS,
+    seed: Annotated[
+        int, typer.Option(help="Seed for CP-SAT and the local search (0 to 2147483647).")
+    ] = 0,
     jobs: Annotated[
         int | None,
         typer.Option(help="Layers solved in parallel processes; default: one per core."),
@@ -76,7 +80,7 @@ def solve(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Plan expert placement: heavy experts on fast GPUs, with a certified gap to optimal."""
-    from vibe_plan.artifacts.io import check_writable
+    from vibe_plan.artifacts.io import check_distinct, check_writable
     from vibe_plan.console import console, progress, warn
     from vibe_plan.engines import export_placement, parse_export_specs
     from vibe_plan.placement.render import solve_table
@@ -84,7 +88,10 @@ def solve(
     from vibe_plan.placement.solve_run import solve_run
 
     specs = parse_export_specs(export or [])
-    check_writable(out, "--out")
+    outputs = [("--out", out), *((f"--export {fmt}", path) for fmt, path in specs)]
+    check_distinct(outputs, [("--gpus", gpus), ("--routing", routing)])
+    for name, path in outputs:
+        check_writable(path, name)
     opts = SolveOptions(
         method=method,
         redundant=redundant,

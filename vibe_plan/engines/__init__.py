@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vibe_plan.artifacts.io import atomic_write, read_doc, require_file
+from vibe_plan.artifacts.io import read_doc, require_file, write_all
 from vibe_plan.artifacts.placement import (
     PLACEMENT_SCHEMA,
     Placement,
@@ -83,14 +83,14 @@ def export_placement(
     num_hidden_layers: int,
     out: Path | None = None,
 ) -> None:
-    """Write the engine files (and the vibe placement itself to `out`). Every text is rendered
-    before the first file is written, so a rendering failure writes none."""
+    """Write the engine files (and the vibe placement itself to `out`), all or none: every text
+    is rendered first, then `write_all` puts every file in place or leaves every target as it
+    was."""
     texts = export_texts(p, specs, num_hidden_layers)
     if out is not None:
         check_map(p.phy2log, p.num_gpus, p.num_logical_experts)
         texts, specs = [dump_placement(p), *texts], [("vibe", Path(out)), *specs]
-    for (_, path), text in zip(specs, texts, strict=True):
-        atomic_write(path, text)
+    write_all([(path, text) for (_, path), text in zip(specs, texts, strict=True)])
 
 
 def placement_format(path: str | Path, doc: Any) -> str:
@@ -114,12 +114,14 @@ def load_placement(
     num_gpus: int | None = None,
     layer_ids: list[int] | None = None,
     num_experts: int | None = None,
+    num_hidden_layers: int | None = None,
 ) -> tuple[Placement, list[str]]:
     """Read a vibe placement, an SGLang init-expert-location JSON, a TensorRT-LLM load-balancer
     YAML or an EPLB-style JSON.
 
     Engine files carry no GPU count or layer ids: `num_gpus` and `layer_ids` (from the GPU and
-    routing profiles) fill them in; SGLang rows are per decoder layer and get picked by `layer_ids`.
+    routing profiles) fill them in; SGLang rows are per decoder layer and get picked by `layer_ids`
+    (and must number `num_hidden_layers`, the routing profile's decoder layers, when known).
     Returns the placement and warnings.
     """
     path = require_file(path, "placement")
@@ -127,7 +129,8 @@ def load_placement(
     fmt = placement_format(path, doc)
     if fmt == "vibe":
         return placement_from_doc(path, doc, num_gpus, layer_ids, num_experts)
-    return _PLACEMENT_READERS[fmt].read_placement(path, doc, num_gpus, layer_ids, num_experts)
+    reader = _PLACEMENT_READERS[fmt]
+    return reader.read_placement(path, doc, num_gpus, layer_ids, num_experts, num_hidden_layers)
 
 
 # --- load dumps ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from vibe_plan.artifacts.placement import Placement, check_map
+from vibe_plan.artifacts.routing_profile import MAX_COUNT
 from vibe_plan.errors import VibeError
 
 
@@ -63,3 +64,27 @@ def engine_placement(
     warns = check_map(m, num_gpus, ne, f"{path}: map")
     lids = list(layer_ids) if layer_ids is not None else list(range(m.shape[0]))
     return Placement(num_gpus, m.shape[1] // num_gpus, ne, lids, m, method=method), warns
+
+
+def token_counts(arr: np.ndarray, where: str) -> np.ndarray:
+    """An engine's recorded token counts as int64: integers (integral floats are accepted), none
+    negative, none beyond what a trace can hold. Anything else is a corrupt dump: refused, never
+    truncated."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        raise VibeError(f"{where}: dtype {arr.dtype} is not a token count")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise VibeError(f"{where}: holds NaN or inf; token counts are integers")
+        if not (arr == np.round(arr)).all():
+            raise VibeError(f"{where}: holds non-integer counts; token counts are integers")
+    if arr.dtype.kind != "u" and arr.min() < 0:
+        raise VibeError(f"{where}: holds negative counts ({arr.min():g}); is the dump corrupt?")
+    if arr.max() > MAX_COUNT:
+        raise VibeError(
+            f"{where}: holds a count of {arr.max():.4g} tokens (more than {MAX_COUNT:,}); "
+            "is the dump corrupt?"
+        )
+    return arr.astype(np.int64)

@@ -1,8 +1,9 @@
 """EPLB-style placement tensors, as DeepSeek's EPLB returns them, for tooling written around them.
 
 JSON with `layer_ids`, `phy2log` [L, P], `log2phy` [L, E, maxlogcnt] padded with -1 and `logcnt`
-[L, E], rows per MoE layer. Reading needs only `phy2log`. A placement file only: there are no
-EPLB load dumps.
+[L, E], rows per MoE layer. Reading needs only `phy2log`; `layer_ids`, `logcnt` and `log2phy`,
+where present, are checked against it (and the routing profile). A placement file only: there
+are no EPLB load dumps.
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vibe_plan.artifacts.placement import Placement, int_map, make_log2phy
+import numpy as np
+
+from vibe_plan.artifacts.placement import Placement, int_map, layer_id_list, make_log2phy
 from vibe_plan.engines.common import engine_placement
+from vibe_plan.errors import VibeError
 
 PLACEMENT_KEY = "phy2log"
 PLACEMENT_METHOD = "eplb-file"
@@ -40,7 +44,63 @@ def read_placement(
     num_gpus: int | None,
     layer_ids: list[int] | None,
     num_experts: int | None,
+    num_hidden_layers: int | None = None,
 ) -> tuple[Placement, list[str]]:
-    """Rows are per MoE layer, in the routing profile's order."""
+    """Rows are per MoE layer, in the routing profile's order. The file's own `layer_ids`,
+    `logcnt` and `log2phy`, where present, must agree with the profile and with `phy2log`."""
+    del num_hidden_layers  # rows are MoE layers only
     m = int_map(path, PLACEMENT_KEY, doc[PLACEMENT_KEY])
-    return engine_placement(path, m, PLACEMENT_METHOD, num_gpus, layer_ids, num_experts)
+    if "layer_ids" in doc:
+        own = layer_id_list(path, "layer_ids", doc["layer_ids"])
+        if len(own) != m.shape[0]:
+            raise VibeError(
+                f"{path}: layer_ids has {len(own)} entries but phy2log has {m.shape[0]} rows"
+            )
+        if layer_ids is not None and own != list(layer_ids):
+            raise VibeError(
+                f"{path}: layer_ids: the file is for MoE layers {own[:6]}... but the routing "
+                f"profile has {list(layer_ids)[:6]}...; is this file for another model?"
+            )
+        layer_ids = own if layer_ids is None else layer_ids
+    p, warns = engine_placement(path, m, PLACEMENT_METHOD, num_gpus, layer_ids, num_experts)
+    if "logcnt" in doc:
+        logcnt = int_map(path, "logcnt", doc["logcnt"])
+        if not np.array_equal(logcnt, p.logcnt()):
+            raise VibeError(
+                f"{path}: logcnt contradicts phy2log (replica counts differ"
+                f"{_first_diff(logcnt, p.logcnt())}); the file is inconsistent"
+            )
+    if "log2phy" in doc:
+        _check_log2phy(path, doc["log2phy"], p)
+    return p, warns
+
+
+def _first_diff(a: np.ndarray, b: np.ndarray) -> str:
+    if a.shape != b.shape:
+        return f": shape {list(a.shape)}, phy2log gives {list(b.shape)}"
+    layer, e = (int(x) for x in np.argwhere(a != b)[0])
+    return f" first at row {layer}, expert {e}: {int(a[layer, e])} vs {int(b[layer, e])}"
+
+
+def _check_log2phy(path: Path, value: Any, p: Placement) -> None:
+    """log2phy [L, E, maxlogcnt]: each expert's slots in phy2log, padded with -1."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError, RecursionError):
+        arr = np.asarray(None)
+    L, E = p.phy2log.shape[0], p.num_logical_experts
+    if arr.ndim != 3 or arr.dtype.kind not in "iu" or arr.shape[:2] != (L, E):
+        raise VibeError(
+            f"{path}: log2phy must be integers [{L} layers, {E} experts, replicas], has shape "
+            f"{list(arr.shape)}"
+        )
+    for layer in range(L):
+        for e in range(E):
+            slots = arr[layer, e]
+            listed = sorted(int(x) for x in slots if x != -1)
+            actual = np.flatnonzero(p.phy2log[layer] == e).tolist()
+            if listed != actual:
+                raise VibeError(
+                    f"{path}: log2phy[{layer}][{e}] lists slots {listed} but phy2log puts "
+                    f"expert {e} in slots {actual}; the file is inconsistent"
+                )

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vibe_plan.artifacts.placement import Placement, int_map
-from vibe_plan.engines.common import EngineDump, decoder_rows, engine_placement
+from vibe_plan.engines.common import EngineDump, decoder_rows, engine_placement, token_counts
 from vibe_plan.errors import VibeError
 
 PLACEMENT_KEY = "physical_to_logical_map"
@@ -39,11 +39,19 @@ def read_placement(
     num_gpus: int | None,
     layer_ids: list[int] | None,
     num_experts: int | None,
+    num_hidden_layers: int | None = None,
 ) -> tuple[Placement, list[str]]:
-    """Rows are per decoder layer: `layer_ids` (the routing profile's) picks the MoE ones."""
+    """Rows are per decoder layer: `layer_ids` (the routing profile's) picks the MoE ones. With
+    `num_hidden_layers` (the routing profile's meta) the file must have exactly that many rows."""
     m = int_map(path, PLACEMENT_KEY, doc[PLACEMENT_KEY])
     if layer_ids is None:
         raise VibeError(f"{path}: an SGLang file needs the routing profile's layer ids")
+    if num_hidden_layers is not None and m.shape[0] != num_hidden_layers:
+        raise VibeError(
+            f"{path}: physical_to_logical_map has {m.shape[0]} rows (one per decoder layer) but "
+            f"the routing profile's model has {num_hidden_layers} decoder layers; is this file "
+            "for another model?"
+        )
     if m.shape[0] <= max(layer_ids):
         raise VibeError(
             f"{path}: physical_to_logical_map has {m.shape[0]} rows but the "
@@ -84,22 +92,38 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _np(value: Any, path: Path, key: str) -> np.ndarray:
-    arr = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+    try:
+        arr = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise VibeError(f"{path}: {key} is not a numeric array ({e})") from None
     if arr.dtype.kind not in "iuf":
         raise VibeError(f"{path}: {key} is not numeric")
     return arr
 
 
+def _rank(d: dict[str, Any], path: Path) -> int:
+    """The `rank` a dump records (0 when absent)."""
+    rank = d.get("rank", 0)
+    if hasattr(rank, "item") and getattr(rank, "ndim", 1) == 0:
+        rank = rank.item()  # a 0-d tensor
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise VibeError(
+            f"{path}: rank {rank!r} is not a non-negative integer; is the dump corrupt?"
+        )
+    return rank
+
+
 def _stat(dumps: list[tuple[Path, dict[str, Any]]]) -> EngineDump:
     # logical_count is already summed over ranks; if several ranks wrote it, keep one rank.
     notes = []
-    ranks = {int(d.get("rank", 0)) for _, d in dumps}
+    rank_of = {f: _rank(d, f) for f, d in dumps}
+    ranks = set(rank_of.values())
     if len(ranks) > 1:
         notes.append(
             f"stat dumps from ranks {sorted(ranks)}: their counts are global; using rank "
             f"{min(ranks)} only"
         )
-        dumps = [(f, d) for f, d in dumps if int(d.get("rank", 0)) == min(ranks)]
+        dumps = [(f, d) for f, d in dumps if rank_of[f] == min(ranks)]
     parts: list[np.ndarray] = []
     for f, d in dumps:
         arr = _np(d["logical_count"], f, "logical_count")
@@ -113,8 +137,8 @@ def _stat(dumps: list[tuple[Path, dict[str, Any]]]) -> EngineDump:
             raise VibeError(
                 f"{f}: logical_count shape {list(arr.shape)} differs from the other files"
             )
-        parts.append(arr)
-    counts = np.concatenate(parts).astype(np.int64)
+        parts.append(token_counts(arr, f"{f}: logical_count"))
+    counts = np.concatenate(parts)
     return EngineDump(
         counts,
         "decoder",
@@ -124,34 +148,49 @@ def _stat(dumps: list[tuple[Path, dict[str, Any]]]) -> EngineDump:
     )
 
 
+def _p2l(d: dict[str, Any], f: Path) -> np.ndarray:
+    """The dump's physical-to-logical map: int [layers, slots]; -1 marks an empty slot."""
+    if "last_physical_to_logical_map" not in d:
+        raise VibeError(f"{f}: per_pass dump lacks last_physical_to_logical_map")
+    p2l = _np(d["last_physical_to_logical_map"], f, "last_physical_to_logical_map")
+    if p2l.ndim != 2 or p2l.dtype.kind not in "iu" or p2l.size == 0:
+        raise VibeError(
+            f"{f}: last_physical_to_logical_map must be integers [layers, slots], "
+            f"has shape {list(p2l.shape)} and dtype {p2l.dtype}"
+        )
+    p2l = p2l.astype(np.int64)
+    if (p2l < -1).any() or p2l.max() < 0:
+        raise VibeError(f"{f}: last_physical_to_logical_map holds ids below -1 or no expert at all")
+    return p2l
+
+
 def _per_pass(dumps: list[tuple[Path, dict[str, Any]]]) -> EngineDump:
-    """Per rank, per forward pass: physical-slot counts; sum ranks, fold replicas to logical."""
+    """Per rank, per forward pass: physical-slot counts; sum ranks, fold replicas to logical.
+    Slots the map marks -1 hold no expert: their counts are dropped."""
     passes: dict[int, np.ndarray] = {}
-    num_logical = 0
+    maps = {f: _p2l(d, f) for f, d in dumps}
+    num_logical = max(int(m.max()) + 1 for m in maps.values())
     for f, d in dumps:
-        if "last_physical_to_logical_map" not in d:
-            raise VibeError(f"{f}: per_pass dump lacks last_physical_to_logical_map")
-        p2l = _np(d["last_physical_to_logical_map"], f, "last_physical_to_logical_map")
-        num_logical = max(num_logical, int(p2l.max()) + 1)
-    for f, d in dumps:
-        p2l = _np(d["last_physical_to_logical_map"], f, "last_physical_to_logical_map")
-        p2l = p2l.astype(np.int64)
+        p2l = maps[f]
+        used = p2l >= 0
         records = d["records"]
         if not isinstance(records, list):
             raise VibeError(f"{f}: records must be a list of per-pass dicts")
         for i, rec in enumerate(records):
             if not isinstance(rec, dict) or "global_physical_count" not in rec:
                 raise VibeError(f"{f}: record {i} lacks global_physical_count")
-            phys = _np(rec["global_physical_count"], f, "global_physical_count").astype(np.int64)
+            phys = _np(rec["global_physical_count"], f, "global_physical_count")
             if phys.shape != p2l.shape:
                 raise VibeError(
                     f"{f}: record {i} global_physical_count shape "
                     f"{list(phys.shape)} differs from the map {list(p2l.shape)}"
                 )
+            phys = token_counts(phys, f"{f}: record {i} global_physical_count")
             logical = np.zeros((phys.shape[0], num_logical), np.int64)
             for layer in range(phys.shape[0]):
-                np.add.at(logical[layer], p2l[layer], phys[layer])
-            key = int(rec.get("forward_pass_id", i))
+                keep = used[layer]
+                np.add.at(logical[layer], p2l[layer][keep], phys[layer][keep])
+            key = _pass_id(rec.get("forward_pass_id", i), f, i)
             passes[key] = passes[key] + logical if key in passes else logical
     if not passes:
         raise VibeError("the per_pass dumps hold no records")
@@ -159,3 +198,11 @@ def _per_pass(dumps: list[tuple[Path, dict[str, Any]]]) -> EngineDump:
     return EngineDump(
         counts, "decoder", None, {"mode": "per_pass", "files": [f.name for f, _ in dumps]}
     )
+
+
+def _pass_id(value: Any, f: Path, i: int) -> int:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise VibeError(f"{f}: record {i} forward_pass_id {value!r} is not an integer")
+    return value

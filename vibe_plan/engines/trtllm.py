@@ -9,7 +9,6 @@ per key "{iter}_{layer}", each rank counting its own tokens.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from vibe_plan.artifacts.io import read_doc
 from vibe_plan.artifacts.placement import Placement, int_map
-from vibe_plan.engines.common import EngineDump, engine_placement
+from vibe_plan.engines.common import EngineDump, engine_placement, token_counts
 from vibe_plan.errors import VibeError
 
 PLACEMENT_KEY = "initial_global_assignments"
@@ -48,16 +48,55 @@ def read_placement(
     num_gpus: int | None,
     layer_ids: list[int] | None,
     num_experts: int | None,
+    num_hidden_layers: int | None = None,
 ) -> tuple[Placement, list[str]]:
-    """Rows are keyed by decoder layer: `layer_ids` (the routing profile's) picks them."""
+    """Rows are keyed by decoder layer: `layer_ids` (the routing profile's) picks them. Rows for
+    other layers are not scored: a warning. `num_slots` must match the rows' length."""
+    del num_hidden_layers  # rows are keyed by decoder layer; dense ones are absent
     assign = doc[PLACEMENT_KEY]
-    if not isinstance(assign, dict) or layer_ids is None:
+    if not isinstance(assign, dict) or not assign or layer_ids is None:
         raise VibeError(f"{path}: initial_global_assignments must map decoder layers to rows")
-    missing = [layer for layer in layer_ids if layer not in assign]
+    rows: dict[int, Any] = {}
+    for key, row in assign.items():
+        layer = _layer_key(key)
+        if layer is None:
+            raise VibeError(
+                f"{path}: initial_global_assignments: key {key!r} is not a decoder-layer index"
+            )
+        if layer in rows:
+            raise VibeError(f"{path}: initial_global_assignments: decoder layer {layer} twice")
+        rows[layer] = row
+    missing = [layer for layer in layer_ids if layer not in rows]
     if missing:
         raise VibeError(f"{path}: initial_global_assignments lacks decoder layers {missing[:5]}")
-    m = int_map(path, PLACEMENT_KEY, [assign[x] for x in layer_ids])
-    return engine_placement(path, m, PLACEMENT_METHOD, num_gpus, layer_ids, num_experts)
+    m = int_map(path, PLACEMENT_KEY, [rows[x] for x in layer_ids])
+    if "num_slots" in doc:
+        slots = doc["num_slots"]
+        if isinstance(slots, bool) or not isinstance(slots, int) or slots != m.shape[1]:
+            raise VibeError(
+                f"{path}: num_slots is {slots!r} but each row of initial_global_assignments has "
+                f"{m.shape[1]} slots; the file is inconsistent"
+            )
+    p, warns = engine_placement(path, m, PLACEMENT_METHOD, num_gpus, layer_ids, num_experts)
+    extra = sorted(set(rows) - set(layer_ids))
+    if extra:
+        warns.append(
+            f"initial_global_assignments has rows for decoder layers {extra[:6]} that are not "
+            "MoE layers of the routing profile; they are not scored (is this file for another "
+            "model?)"
+        )
+    return p, warns
+
+
+def _layer_key(key: Any) -> int | None:
+    """A decoder-layer key: an integer, or its decimal text (YAML and JSON writers differ)."""
+    if isinstance(key, bool):
+        return None
+    if isinstance(key, int):
+        return key if key >= 0 else None
+    if isinstance(key, str) and key.isdigit():
+        return int(key)
+    return None
 
 
 def read_dump(source: Path) -> EngineDump:
@@ -66,12 +105,18 @@ def read_dump(source: Path) -> EngineDump:
     meta_path = folder / "meta_info.json"
     if not meta_path.is_file():
         raise VibeError(f"{folder}: no meta_info.json (set EXPERT_STATISTIC_PATH to this folder)")
-    try:
-        meta = json.loads(meta_path.read_text())
-        num_experts = int(meta["num_experts"])
-        top_k = int(meta.get("num_experts_per_token") or 0) or None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise VibeError(f"{meta_path}: needs num_experts and num_experts_per_token ({e})") from None
+    meta = read_doc(meta_path, "TensorRT-LLM meta_info.json", kind="json")
+    if not isinstance(meta, dict):
+        raise VibeError(f"{meta_path}: must hold a JSON object with num_experts")
+    num_experts = meta.get("num_experts")
+    top_k = meta.get("num_experts_per_token")
+    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
+        raise VibeError(
+            f"{meta_path}: num_experts is {num_experts!r}; it must be a positive integer"
+        )
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+        raise VibeError(f"{meta_path}: num_experts_per_token is {top_k!r}; it must be an integer")
+    top_k = top_k or None
     files = sorted(folder.glob("rank*.safetensors"), key=_rank)
     if not files:
         raise VibeError(f"{folder}: no rank*.safetensors files next to meta_info.json")
@@ -93,7 +138,7 @@ def read_dump(source: Path) -> EngineDump:
                     f"[{num_experts}] (num_experts in meta_info.json)"
                 )
             it_layer = (int(m.group(1)), int(m.group(2)))
-            arr = arr.astype(np.int64)  # ranks each count their own tokens: sum them
+            arr = token_counts(arr, f"{f}: {key}")  # ranks count their own tokens: sum them
             totals[it_layer] = totals[it_layer] + arr if it_layer in totals else arr
     iters = sorted({i for i, _ in totals})
     layers = sorted({layer for _, layer in totals})

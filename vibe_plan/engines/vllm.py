@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vibe_plan.artifacts.io import json_lines
+from vibe_plan.artifacts.routing_profile import MAX_EXPERTS
 from vibe_plan.engines.common import EngineDump
 from vibe_plan.errors import VibeError
 
@@ -27,18 +28,40 @@ def read_dump(source: Path, num_experts: int | None, batch_tokens: int) -> Engin
     arrays = list(_arrays(source))
     if not arrays:
         raise VibeError(f"{source}: no routed_experts arrays found")
-    shape = arrays[0][1].shape[1:]
+    shape = None
     for where, arr in arrays:
-        if arr.ndim != 3 or arr.shape[1:] != shape:
+        if arr.ndim != 3:
+            raise VibeError(
+                f"{where}: routed_experts has shape {list(arr.shape)}; expected "
+                "[seq_len, moe_layers, top_k]"
+            )
+        if shape is not None and arr.shape[1:] != shape:
             raise VibeError(
                 f"{where}: routed_experts has shape {list(arr.shape)}; expected "
                 f"[seq_len, {shape[0]}, {shape[1]}] like the first one"
             )
+        shape = arr.shape[1:]
         if arr.dtype.kind not in "iu":
             raise VibeError(f"{where}: routed_experts must hold integer expert ids")
+        if arr.size and int(arr.min()) < -1:
+            raise VibeError(
+                f"{where}: routed_experts holds expert id {int(arr.min())}; ids are >= 0 "
+                "(-1: not routed)"
+            )
+    assert shape is not None
+    if 0 in shape or not any(a.size and int(a.max()) >= 0 for _, a in arrays):
+        raise VibeError(
+            f"{source}: every routed_experts array is empty (no routed token); is this a dump "
+            "of requests served with --enable-return-routed-experts?"
+        )
     notes = []
     if num_experts is None:
         num_experts = int(max(int(a.max()) for _, a in arrays if a.size)) + 1
+        if num_experts > MAX_EXPERTS:
+            raise VibeError(
+                f"{source}: routed_experts holds expert id {num_experts - 1}, more than any "
+                "model has; is the dump corrupt? (pass --model to check ids against the config)"
+            )
         notes.append(f"no --model: assuming {num_experts} experts (the largest id seen + 1)")
     n_layers, top_k = int(shape[0]), int(shape[1])
     rows: list[np.ndarray] = []
@@ -52,7 +75,7 @@ def read_dump(source: Path, num_experts: int | None, batch_tokens: int) -> Engin
             row, used = np.zeros_like(row), 0
         for layer in range(n_layers):
             ids = arr[:, layer, :].reshape(-1)
-            ids = ids[ids >= 0]  # -1 marks positions the engine did not route
+            ids = ids[ids >= 0].astype(np.int64)  # -1 marks positions the engine did not route
             row[layer] += np.bincount(ids, minlength=num_experts)
         used += arr.shape[0]
     rows.append(row)
@@ -80,9 +103,13 @@ def _arrays(source: Path) -> Iterator[tuple[str, np.ndarray]]:
 
 def _npy_file(path: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
         raise VibeError(f"{path}: not a readable .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        arr.close()
+        raise VibeError(f"{path}: an .npz archive, not one .npy array of routed_experts")
+    return arr
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, np.ndarray]]:
@@ -114,14 +141,21 @@ def _decode(value: Any, where: str) -> np.ndarray:
     if isinstance(value, str):
         try:
             raw = base64.b64decode(value, validate=True)
-            return np.load(io.BytesIO(raw), allow_pickle=False)
-        except (binascii.Error, ValueError, OSError) as e:
+            arr = np.load(io.BytesIO(raw), allow_pickle=False)
+            if isinstance(arr, np.ndarray):
+                return arr
+            raise ValueError("an .npz archive, not one array")
+        except (binascii.Error, ValueError, OSError, EOFError) as e:
             raise VibeError(
                 f"{where}: routed_experts is not base64 of a .npy array ({e})"
             ) from None
     try:
-        return np.asarray(value, dtype=np.int64)
-    except (TypeError, ValueError):
+        arr = np.asarray(value)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        arr = np.asarray(None)
+    if arr.dtype.kind not in "iu" or arr.ndim == 0:
         raise VibeError(
-            f"{where}: routed_experts is neither base64 .npy nor a nested list"
-        ) from None
+            f"{where}: routed_experts is neither base64 .npy nor a nested list of integer "
+            "expert ids"
+        )
+    return arr

@@ -50,7 +50,10 @@ class ExpertBench:
         # Random weights: the speed of a dense GEMM does not depend on the values.
         self.w_up = [self._randn((experts, self.up_width, h), gen) for _ in range(self.copies)]
         self.w_down = [self._randn((experts, h, i), gen) for _ in range(self.copies)]
-        self.x = self._randn((max(1, max_total_tokens), h), gen, scale=1.0)
+        # Room for the largest workload and for the backend trial, whatever --tokens and -k are.
+        self.trial = trial_counts(experts)
+        rows = max(1, max_total_tokens, sum(self.trial))
+        self.x = self._randn((rows, h), gen, scale=1.0)
         self._offs: dict[tuple[int, ...], torch.Tensor] = {}
         self._next_copy = 0
         self.backend = self._pick_backend(backend)
@@ -65,19 +68,30 @@ class ExpertBench:
             return F.silu(h[:, :i]) * h[:, i:]
         return F.gelu(h)
 
+    def rows_for(self, counts: Sequence[int]) -> int:
+        """Input rows a call with `counts` reads; more than the buffer holds is refused, since a
+        grouped GEMM would read past the buffer's end (slicing would silently clamp instead)."""
+        total = sum(counts)
+        if len(counts) != self.experts or min(counts, default=0) < 0 or total > len(self.x):
+            raise ValueError(
+                f"token counts {list(counts)[:8]} (sum {total}) do not fit the bench: "
+                f"{self.experts} experts, {len(self.x)} input rows"
+            )
+        return total
+
     def _grouped(self, counts: Sequence[int], copy: int) -> torch.Tensor:
+        x = self.x[: self.rows_for(counts)]
         offs = self._offs.get(tuple(counts))
         if offs is None:
             ends = torch.tensor(counts, dtype=torch.int64).cumsum(0).to(torch.int32)
             offs = self._offs.setdefault(tuple(counts), ends.to(self.device))
-        x = self.x[: sum(counts)]
         mm = grouped_mm_fn()
         assert mm is not None
         h = mm(x, self.w_up[copy].transpose(1, 2), offs=offs)
         return mm(self._activation(h), self.w_down[copy].transpose(1, 2), offs=offs)
 
     def _loop(self, counts: Sequence[int], copy: int) -> torch.Tensor:
-        total = sum(counts)
+        total = self.rows_for(counts)
         out = torch.empty((total, self.shape.hidden), dtype=self.dtype, device=self.device)
         start = 0
         for e, n in enumerate(counts):
@@ -101,8 +115,7 @@ class ExpertBench:
         if requested not in BACKENDS:
             raise VibeError(f"--backend {requested!r}: use one of {', '.join(BACKENDS)}")
         # A trial on this device and dtype: also the check that the dtype is usable here at all.
-        counts = [min(3 + e, 8) if e % 3 else 0 for e in range(self.experts)]
-        counts[-1] = max(counts[-1], 1)
+        counts = self.trial
         try:
             reference = self._loop(counts, 0).float()
         except (RuntimeError, NotImplementedError) as e:
@@ -131,6 +144,14 @@ class ExpertBench:
         return "loop"
 
 
+def trial_counts(experts: int) -> list[int]:
+    """Tokens per expert in the backend trial: uneven, some experts empty (a grouped kernel must
+    skip them), at least one token in all; at most 8 per expert, so the buffer grows little."""
+    counts = [min(3 + e, 8) if e % 3 else 0 for e in range(experts)]
+    counts[-1] = max(counts[-1], 1)
+    return counts
+
+
 def flush_bytes(device: torch.device) -> int:
     """Bytes of weights to cycle through so each call streams them from memory, not from cache."""
     if device.type == "cuda":
@@ -146,7 +167,8 @@ def memory_needed(shape: ExpertShape, experts: int, copies: int, max_total_token
     h, i = shape.hidden, shape.intermediate
     up = 2 * i if shape.gated else i
     weights = copies * experts * (up + i) * h
-    acts = max_total_tokens * (2 * h + up + i)  # input, output, up projection, activation
+    rows = max(max_total_tokens, sum(trial_counts(experts)))
+    acts = rows * (2 * h + up + i)  # input, output, up projection, activation
     return int(1.2 * size * (weights + acts))
 
 

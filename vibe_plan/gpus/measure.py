@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vibe_plan.artifacts.gpu_profile import GpuCurve, GpuEntry, GpuProfile
-from vibe_plan.artifacts.io import sha256_file
+from vibe_plan.artifacts.io import check_writable, sha256_file
 from vibe_plan.cost import time_curve
 from vibe_plan.errors import VibeError
 from vibe_plan.gpus.fit import fit_scale, isotonic
@@ -47,18 +48,30 @@ def bench_device_kind(requested: str) -> str:
     return "cpu"
 
 
-def run_profile(req: ProfileRequest, progress: Any = None) -> ProfileOutcome | None:
+def run_profile(
+    req: ProfileRequest, progress: Any = None, verbose: bool = False
+) -> ProfileOutcome | None:
     """Measure; return the profile (the caller saves it) or None on torchrun ranks other than 0.
-    `progress`: an optional rich-Progress-like object (add_task, update) to show timing on."""
+    `progress`: an optional rich-Progress-like object (add_task, update) to show timing on.
+    `verbose`: let torch's warnings through (by default they are silenced)."""
     check_request(req)
     # --gpus indices then mean what nvidia-smi shows (CUDA's default order is fastest first).
     os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     from vibe_plan.gpus.distributed import dist_env
 
     env = dist_env()
+    if env is None:  # under torchrun only rank 0 writes, and checks, the output
+        check_writable(req.out, "--out")
+    with warnings.catch_warnings():
+        if not verbose:
+            warnings.simplefilter("ignore")
+        return _run(req, env, progress, verbose)
+
+
+def _run(req: ProfileRequest, env: Any, progress: Any, verbose: bool) -> ProfileOutcome | None:
     device_kind = bench_device_kind(req.device)
     if env is not None:
-        return _run_distributed(req, env, device_kind, progress)
+        return _run_distributed(req, env, device_kind, progress, verbose)
     import torch
 
     if device_kind == "cpu":
@@ -71,6 +84,7 @@ def run_profile(req: ProfileRequest, progress: Any = None) -> ProfileOutcome | N
         indices = check_visible(req.gpus, count) if req.gpus else list(range(count))
         devices = [f"cuda:{i}" for i in indices]
     sweep = build_sweep(req, device_kind, len(devices))
+    sweep.spec.verbose = verbose
     bar = progress or _NoProgress()
     tasks = [bar.add_task(f"{d} timing", total=sweep.spec.repeats) for d in devices]
 
@@ -95,7 +109,7 @@ class _NoProgress:
 
 
 def _run_distributed(
-    req: ProfileRequest, env: Any, device_kind: str, progress: Any
+    req: ProfileRequest, env: Any, device_kind: str, progress: Any, verbose: bool = False
 ) -> ProfileOutcome | None:
     from vibe_plan.gpus.distributed import DistGroup
     from vibe_plan.gpus.telemetry import cpu_threads_for
@@ -107,6 +121,7 @@ def _run_distributed(
         payload: Sweep | str | None = None
         if env.rank == 0:  # only rank 0 needs the config file, base profile and output folder
             try:
+                check_writable(req.out, "--out")
                 payload = build_sweep(req, device_kind, env.world)
             except VibeError as e:
                 payload = str(e)
@@ -115,7 +130,7 @@ def _run_distributed(
             raise VibeError(payload if env.rank == 0 else f"rank 0 refused the run: {payload}")
         sweep = payload
         assert isinstance(sweep, Sweep)
-        spec = sweep.spec
+        spec = dataclasses.replace(sweep.spec, verbose=verbose)
         if device_kind == "cuda":
             device = f"cuda:{env.local_rank}"
         else:

@@ -27,6 +27,7 @@ QUICK_REPEATS = (20, 3)
 QUICK_WARMUP_S = (3.0, 0.0)
 VALIDATE_TRIALS = (24, 6)
 MAX_DEFAULT_EXPERTS = (32, 2)
+MAX_SEED = 2**31 - 1  # one seed range for every command (CP-SAT's is a signed 32-bit integer)
 
 
 @dataclass
@@ -139,6 +140,10 @@ def check_request(req: ProfileRequest) -> None:
         raise VibeError(f"--warmup-s must be zero or more seconds (got {req.warmup_s})")
     if req.tokens is not None and req.tokens[0] < 1:
         raise VibeError(f"--tokens: token counts must be positive (got {req.tokens[0]})")
+    if not (math.isfinite(req.moved_pct) and req.moved_pct >= 0):
+        raise VibeError(f"--moved-pct is {req.moved_pct}; give a percentage of 0 or more")
+    if not 0 <= req.seed <= MAX_SEED:
+        raise VibeError(f"--seed is {req.seed}; give a seed from 0 to {MAX_SEED}")
 
 
 def build_sweep(req: ProfileRequest, device_kind: str, num_devices: int) -> Sweep:
@@ -152,6 +157,11 @@ def build_sweep(req: ProfileRequest, device_kind: str, num_devices: int) -> Swee
     model = resolve_model(req.model or "")
     dtype = req.dtype or "bfloat16"
     shape = ExpertShape(model.hidden, model.intermediate, dtype, model.gated)
+    if req.experts_per_gpu is not None and req.experts_per_gpu > model.num_experts:
+        raise VibeError(
+            f"--experts-per-gpu {req.experts_per_gpu} exceeds the {model.num_experts} experts of "
+            f"{req.model}; give at most {model.num_experts}"
+        )
     default_k = min(MAX_DEFAULT_EXPERTS[d], math.ceil(model.num_experts / num_devices))
     experts = req.experts_per_gpu or max(1, default_k)
     tokens = req.tokens or list(CUDA_TOKENS if d == 0 else CPU_TOKENS)

@@ -9,6 +9,7 @@ import random
 import socket
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ class BenchSpec:
     vectors: list[list[int]] = field(default_factory=list)  # jagged workloads for --validate
     seed: int = 0
     threads: int | None = None  # CPU only: torch threads in this process
+    verbose: bool = False  # let torch's warnings through (else they are silenced)
 
 
 @dataclass
@@ -233,7 +235,10 @@ def safe_measure(
 ) -> DeviceResult | list[str]:
     """The result, or the failure messages known to this process (empty: a peer failed)."""
     try:
-        return measure_device(spec, device_str, rank, sync, on_progress)
+        with warnings.catch_warnings():
+            if not spec.verbose:  # torch's UserWarnings say nothing the user can act on
+                warnings.simplefilter("ignore")
+            return measure_device(spec, device_str, rank, sync, on_progress)
     except PeerFailed as e:
         return e.messages
     except Exception as e:  # reported by whoever gathers, as one clear line

@@ -76,6 +76,10 @@ def solve_layer(
     prm.max_deterministic_time = settings.time_limit
     prm.relative_gap_limit = settings.relative_gap
     prm.log_search_progress = False
+    # Left on, CP-SAT takes over SIGINT during a solve (a Ctrl-C only ends that search, and the
+    # run goes on) and afterwards resets it to the default action (the next Ctrl-C kills the
+    # process outright): Ctrl-C must reach the CLI, which stops the run cleanly.
+    prm.catch_sigint_signal = False
     status = solver.solve(model)
     name = solver.status_name(status)
     # Each GPU sums at most `slots` rounded terms: shift the integer bound by that much.

@@ -79,8 +79,10 @@ def score(
     forward = span.sum(axis=1)
     mean_gpu = times.mean(axis=2)
     imb = np.where(mean_gpu > 0, span / np.where(mean_gpu > 0, mean_gpu, 1), 1.0)
-    slowest = times.argmax(axis=2).ravel()
-    share = np.bincount(slowest, minlength=p.num_gpus) / slowest.size
+    # A (batch, layer) with no tokens has no straggler: every GPU idles.
+    busy = span.ravel() > 0
+    slowest = times.argmax(axis=2).ravel()[busy]
+    share = np.bincount(slowest, minlength=p.num_gpus) / max(slowest.size, 1)
     bounds = batch_bounds(gpus, p, tokens)
     above = float(np.mean(forward / np.maximum(bounds, 1e-12) - 1))
     return Score(
@@ -107,7 +109,7 @@ def score_rows(scores: list[Score]) -> list[dict]:
             "mean_us": round(s.mean_us, 3),
             "p50_us": round(s.p50_us, 3),
             "p95_us": round(s.p95_us, 3),
-            "vs_first": round(s.mean_us / base, 5),
+            "vs_first": round(s.mean_us / max(base, 1e-12), 5),
             "imbalance": round(s.imbalance, 5),
             "above_bound": round(s.above_bound, 5),
             "top_stragglers": s.top_stragglers(),
@@ -143,17 +145,25 @@ def evaluate_run(
     """`vibe evaluate` as one call: read the profiles and every placement file (any format the
     engines module reads), score each on every batch under the dispatch rule."""
     from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
+    from vibe_plan.artifacts.gpu_profile import check_model_fit
+    from vibe_plan.artifacts.io import sha256_file
     from vibe_plan.engines import load_placement
 
     Dispatch(dispatch)  # an unknown rule fails before any file is read
     gp = load_gpu_profile(gpus)
     rp = load_routing_profile(routing)
+    notes = check_model_fit(gp, gpus, rp.expert_shape, rp.num_experts, routing)
+    rp, skipped = routed_batches(rp, routing)
+    notes += skipped
     N = gp.node_count(nodes)
     rule = Dispatch(dispatch, N, origin_shares(token_origin, gp.num_gpus, N), rp.num_hidden_layers)
     lids = [int(x) for x in rp.layer_ids]
-    scores, notes = [], []
+    nh = rp.meta.get("num_hidden_layers")
+    gpus_sha = sha256_file(gpus)
+    scores = []
     for path in placements:
-        p, warnings = load_placement(path, gp.num_gpus, lids, rp.num_experts)
+        p, warnings = load_placement(path, gp.num_gpus, lids, rp.num_experts, nh)
+        notes += fleet_notes(p, gp, path, gpus, gpus_sha)
         if warnings:
             more = f" (and {len(warnings) - 1} more layers)" if len(warnings) > 1 else ""
             notes.append(f"{path}: {warnings[0]}{more}")
@@ -162,3 +172,54 @@ def evaluate_run(
         if note:
             notes.append(f"{path}: {note}")
     return EvaluateRun(scores, rule, notes)
+
+
+def routed_batches(rp: RoutingProfile, path: Path) -> tuple[RoutingProfile, list[str]]:
+    """The batches that route any token (an empty one has no time to score); a note for the
+    rest. A profile with no routed token at all is refused."""
+    busy = rp.counts.reshape(rp.num_batches, -1).any(axis=1)
+    if not busy.any():
+        raise VibeError(
+            f"{path}: routing profile has no tokens routed: every count is zero; record the "
+            "routing of real traffic (profile-routing or import-routing)"
+        )
+    if busy.all():
+        return rp, []
+    note = (
+        f"{path}: {int((~busy).sum())} of {rp.num_batches} batches route no tokens; "
+        "scoring the other batches"
+    )
+    return RoutingProfile(rp.counts[busy], rp.layer_ids, dict(rp.meta)), [note]
+
+
+def fleet_notes(p: Placement, gp: GpuProfile, path: Path, gpus: Path, gpus_sha: str) -> list[str]:
+    """Refuse a plan made for another fleet: a GPU UUID the plan recorded for a rank (where both
+    files record one) that is not the profile's. Warn where hosts differ, or where only the
+    recorded hash says the GPU profile is not the one the plan was made from (a newer profile of
+    the same fleet)."""
+    changed = []
+    for g, (rec, entry) in enumerate(zip(p.gpus, gp.gpus, strict=False)):
+        uuid = rec.get("uuid")
+        if uuid is not None and entry.uuid is not None and uuid != entry.uuid:
+            raise VibeError(
+                f"{path}: gpus[{g}].uuid: the plan puts rank {g} on GPU {uuid}, but {gpus} has "
+                f"{entry.uuid} at rank {g}; this plan was made for another fleet (or rank "
+                "order): solve again with this GPU profile"
+            )
+        host = rec.get("host")
+        if host is not None and host != entry.host:
+            changed.append(g)
+    notes = []
+    if changed:
+        g = changed[0]
+        notes.append(
+            f"{path}: the plan's hosts differ from {gpus} at ranks {changed[:6]} (rank {g}: "
+            f"{p.gpus[g]['host']!r} vs {gp.gpus[g].host!r}); check that it is the same fleet"
+        )
+    recorded = p.inputs.get("gpus_sha256")
+    if recorded is not None and recorded != gpus_sha:
+        notes.append(
+            f"{path}: was planned from another version of the GPU profile than {gpus} "
+            "(inputs.gpus_sha256 differs); scoring with the current one"
+        )
+    return notes

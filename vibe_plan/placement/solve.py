@@ -3,7 +3,10 @@ and certified; docs/formats.md: the file)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -145,10 +148,11 @@ def solve_placement(
         use_groups = opts.group_locality and prob.num_nodes > 1
         if use_groups and prob.num_groups % prob.num_nodes:
             use_groups = False
-            notes.append(
-                f"{prob.num_groups} expert groups do not divide over "
-                f"{prob.num_nodes} nodes: groups are not kept inside nodes"
-            )
+            if prob.num_groups > 1:  # one group: no group limit, nothing to keep together
+                notes.append(
+                    f"{prob.num_groups} expert groups do not divide over "
+                    f"{prob.num_nodes} nodes: groups are not kept inside nodes"
+                )
         elif use_groups and prob.num_experts // prob.num_nodes < prob.slots_per_gpu:
             use_groups = False
             notes.append(
@@ -273,17 +277,86 @@ def _vibe_layers(
     task = progress.add_task("solving layers", total=len(args)) if progress else None
     out: list[tuple[LayerPlan, float]] = []
     if jobs > 1 and len(args) > 1:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(args))) as pool:
-            for res in pool.map(_layer_task, args):
-                out.append(res)
-                if progress:
-                    progress.advance(task)
+        out = _pool_map(_layer_task, args, min(jobs, len(args)), progress, task)
     else:
         for a in args:
             out.append(_layer_task(a))
             if progress:
                 progress.advance(task)
     return [plan for plan, _ in out], [bound for _, bound in out]
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _pool_map(fn, args: list, workers: int, progress, task) -> list:
+    """`fn` over `args` in worker processes, results in order. Only this process handles Ctrl-C
+    and SIGTERM (a terminal sends Ctrl-C to every process of the group; workers ignore it): on
+    any exception here, interrupts included, pending layers are cancelled and the workers
+    terminated at once, so nothing keeps running and the exception arrives without a pool
+    traceback."""
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_worker_init)
+    try:
+        # Workers start (fork) inside submit: with the stop signals blocked, none reaches a
+        # worker before it ignores them; one sent meanwhile reaches this process on unblocking.
+        old = _block(_STOP_SIGNALS)
+        try:
+            futures = [pool.submit(fn, a) for a in args]
+        finally:
+            _unblock(old)
+        out = []
+        for future in futures:
+            out.append(future.result())
+            if progress:
+                progress.advance(task)
+    except BaseException:
+        _stop_pool(pool)
+        raise
+    pool.shutdown()
+    return out
+
+
+def _worker_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: terminate() ends it
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _block(signals: set[signal.Signals]) -> set[int | signal.Signals] | None:
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+
+def _unblock(old: set[int | signal.Signals] | None) -> None:
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_SETMASK, old if old is not None else set())
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel what has not started and end every worker now (terminate, then kill). A second
+    Ctrl-C waits until this is done, so no worker is left behind."""
+    old = _block(_STOP_SIGNALS)
+    try:
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
+        with contextlib.suppress(OSError):  # the pool may be breaking down already
+            pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        deadline = time.monotonic() + 2.0
+        for p in procs:
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=1.0)
+        if manager is not None:  # done before exit, or its wake-up pipe races the exit hook
+            manager.join(timeout=2.0)
+    finally:
+        _unblock(old)
 
 
 def _layer_task(args) -> tuple[LayerPlan, float]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
+from vibe_plan.artifacts.gpu_profile import GpuProfile, check_model_fit
 from vibe_plan.artifacts.io import sha256_file
 from vibe_plan.artifacts.routing_profile import RoutingProfile
 from vibe_plan.cost.dispatch import Dispatch, origin_shares
@@ -33,16 +34,29 @@ class SolveRun:
     notes: list[str] = field(default_factory=list)
 
 
+MAX_SEED = 2**31 - 1  # CP-SAT's random_seed is a 32-bit signed integer
+
+
 def check_options(opts: SolveOptions) -> None:
     """Refuse meaningless options before any file is read."""
     if opts.method not in METHODS:
         raise VibeError(f"unknown method {opts.method!r}; choose one of {', '.join(METHODS)}")
-    if opts.workers < 1 or (opts.jobs is not None and opts.jobs < 1):
-        raise VibeError("--workers and --jobs must be at least 1")
+    if opts.workers < 2:
+        raise VibeError(
+            f"--workers is {opts.workers}; CP-SAT needs at least 2 (its portfolio runs two "
+            "searches side by side)"
+        )
+    if opts.jobs is not None and opts.jobs < 1:
+        raise VibeError(f"--jobs is {opts.jobs}; it must be at least 1")
     if not (math.isfinite(opts.time_limit) and opts.time_limit >= 0):
         raise VibeError(f"--time-limit is {opts.time_limit}; give a finite number of seconds >= 0")
+    if not 0 <= opts.seed <= MAX_SEED:
+        raise VibeError(f"--seed is {opts.seed}; give a seed from 0 to {MAX_SEED}")
     if opts.redundant < 0:
         raise VibeError(f"--redundant is {opts.redundant}; it must be at least 0")
+    for name, value in (("--nodes", opts.nodes), ("--groups", opts.groups)):
+        if value is not None and value < 1:
+            raise VibeError(f"{name} is {value}; it must be at least 1")
     Dispatch(opts.dispatch)  # an unknown rule fails here
 
 
@@ -58,6 +72,7 @@ def solve_run(
     check_options(opts)
     gp = load_gpu_profile(gpus)
     rp = load_routing_profile(routing)
+    notes = check_inputs(gp, gpus, rp, routing)
     origin = origin_shares(token_origin, gp.num_gpus, gp.node_count(opts.nodes))
     opts = dataclasses.replace(opts, token_origin=origin)
     start = time.perf_counter()
@@ -79,4 +94,18 @@ def solve_run(
                 token_origin=origin,
             )
             others[name] = solve_placement(gp, rp, base)
-    return SolveRun(result, others, rp, wall, list(result.notes))
+    return SolveRun(result, others, rp, wall, notes + list(result.notes))
+
+
+def check_inputs(gp: GpuProfile, gpus: Path, rp: RoutingProfile, routing: Path) -> list[str]:
+    """Refuse, before solving, profiles that cannot make a plan together: GPUs profiled for
+    another expert FFN shape than the routing profile's model, or a routing profile that routes
+    no token. Returns warnings (profiles that record different expert counts)."""
+    notes = check_model_fit(gp, gpus, rp.expert_shape, rp.num_experts, routing)
+    if not rp.counts.any():
+        raise VibeError(
+            f"{routing}: routing profile has no tokens routed: every count is zero, so there is "
+            "no load to plan for; record the routing of real traffic (profile-routing or "
+            "import-routing)"
+        )
+    return notes

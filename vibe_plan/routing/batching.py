@@ -31,9 +31,10 @@ class TokenRequest:
 
 
 def tokenize_requests(
-    requests: list[Request], tokenizer: Any, seed: int
+    requests: list[Request], tokenizer: Any, seed: int, batch_tokens: int | None = None
 ) -> tuple[list[TokenRequest], list[str]]:
-    """Token ids per request, and notes on how they were made where that is not the prompt."""
+    """Token ids per request, and notes on how they were made where that is not the prompt.
+    `batch_tokens`: a count-only request longer than this is refused before its ids are built."""
     rng = np.random.default_rng(seed)
     filler: list[int] | None = None
     notes: list[str] = []
@@ -41,6 +42,8 @@ def tokenize_requests(
     out: list[TokenRequest] = []
     for req in requests:
         if req.input_len is not None:
+            if batch_tokens is not None:
+                check_fits(req.line, req.input_len, batch_tokens)
             if filler is None:
                 filler = _ids(tokenizer(FILLER * 4, add_special_tokens=False))
                 if not filler:
@@ -96,11 +99,7 @@ def prefill_batches(reqs: list[TokenRequest], batch_tokens: int) -> list[list[To
     current: list[TokenRequest] = []
     used = 0
     for r in reqs:
-        if len(r.ids) > batch_tokens:
-            raise VibeError(
-                f"trace line {r.line}: the request has {len(r.ids)} prompt tokens, more than "
-                f"--batch-tokens {batch_tokens}; raise --batch-tokens to at least one request"
-            )
+        check_fits(r.line, len(r.ids), batch_tokens)
         if current and used + len(r.ids) > batch_tokens:
             batches.append(current)
             current, used = [], 0
@@ -109,3 +108,14 @@ def prefill_batches(reqs: list[TokenRequest], batch_tokens: int) -> list[list[To
     if current:
         batches.append(current)
     return batches
+
+
+def check_fits(line: int, tokens: int, batch_tokens: int) -> None:
+    """A prefill batch holds whole requests: one longer than `batch_tokens` is an error rather
+    than silently cut, since its tokens would no longer see the prompt they belong to."""
+    if tokens > batch_tokens:
+        raise VibeError(
+            f"trace line {line}: the request has {tokens:,} prompt tokens, more than "
+            f"--batch-tokens {batch_tokens}; raise --batch-tokens to at least {tokens} or drop "
+            "the request from the trace"
+        )

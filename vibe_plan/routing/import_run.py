@@ -13,7 +13,7 @@ from vibe_plan.artifacts.routing_profile import RoutingProfile
 from vibe_plan.defaults import BATCH_TOKENS
 from vibe_plan.engines import EngineDump, dump_format, read_dump
 from vibe_plan.errors import VibeError
-from vibe_plan.model_config import MoeFacts, model_name, moe_facts, read_config
+from vibe_plan.model_config import MoeFacts, expert_meta, model_name, moe_facts, read_config
 
 
 @dataclass
@@ -100,6 +100,8 @@ def _to_profile(
     }
     if facts and facts.num_groups:
         meta["num_groups"] = facts.num_groups
+    if facts is not None:
+        meta.update(expert_meta(facts))
     if facts and facts.shared_experts:
         meta["shared_experts"] = {"count": facts.shared_experts}
     if meta["top_k"] is None:

@@ -13,7 +13,7 @@ from vibe_plan.artifacts.io import sha256_file
 from vibe_plan.artifacts.routing_profile import RoutingProfile
 from vibe_plan.defaults import BATCH_TOKENS
 from vibe_plan.errors import VibeError
-from vibe_plan.model_config import model_name, moe_facts, read_config
+from vibe_plan.model_config import expert_meta, model_name, moe_facts, read_config
 from vibe_plan.routing.batching import prefill_batches, tokenize_requests
 from vibe_plan.routing.traces import read_trace
 
@@ -33,6 +33,7 @@ class ProfileOptions:
     dtype: str = "auto"
     seed: int = 0
     show_progress: bool = False  # transformers' own loading bars
+    verbose: bool = False  # let transformers' log (load report) and torch warnings through
 
 
 @dataclass
@@ -51,8 +52,14 @@ def profile_routing_run(
         raise VibeError(f"--phase {opt.phase!r}: use one of {', '.join(PHASES)}")
     if opt.batch_tokens < 1:
         raise VibeError(f"--batch-tokens is {opt.batch_tokens}; it must be at least 1")
+    if opt.max_requests < 0:
+        raise VibeError(f"--max-requests is {opt.max_requests}; give 0 (all) or more")
+    if opt.decode_steps < 0:
+        raise VibeError(f"--decode-steps is {opt.decode_steps}; it must be 0 or more")
     if opt.phase != "prefill" and opt.decode_steps < 1:
         raise VibeError(f"--phase {opt.phase} needs --decode-steps of at least 1")
+    if not 0 <= opt.seed <= 2**31 - 1:
+        raise VibeError(f"--seed is {opt.seed}; give a seed from 0 to {2**31 - 1}")
     # Cheap checks first: a bad folder or trace fails before torch and the weights load.
     cfg = read_config(opt.model)
     facts = moe_facts(cfg, model_name(opt.model, cfg), f"{opt.model}/config.json")
@@ -61,15 +68,21 @@ def profile_routing_run(
     import torch
 
     from vibe_plan.routing.hooks import ROUTER_NAME, RouterRecorder, find_routers
-    from vibe_plan.routing.loading import input_device, load_model, load_tokenizer, model_device
+    from vibe_plan.routing.loading import (
+        input_device,
+        load_model,
+        load_tokenizer,
+        model_device,
+        quiet_libraries,
+    )
     from vibe_plan.routing.replay import check_rows, replay
 
     torch.manual_seed(opt.seed)
     device = model_device(opt.device)
-    tokenizer = load_tokenizer(opt.model)
-    tokens, notes = tokenize_requests(requests, tokenizer, opt.seed)
+    tokenizer = load_tokenizer(opt.model, opt.verbose)
+    tokens, notes = tokenize_requests(requests, tokenizer, opt.seed, opt.batch_tokens)
     batches = prefill_batches(tokens, opt.batch_tokens)
-    model = load_model(opt.model, device, opt.dtype, opt.show_progress)
+    model = load_model(opt.model, device, opt.dtype, opt.show_progress, opt.verbose)
     routers = find_routers(model)
     if not routers:
         raise VibeError(
@@ -84,7 +97,7 @@ def profile_routing_run(
         )
     pad_id = _pad_id(tokenizer)
     decode_steps = 0 if opt.phase == "prefill" else opt.decode_steps
-    with RouterRecorder(routers, facts.num_experts) as rec:
+    with RouterRecorder(routers, facts.num_experts) as rec, quiet_libraries(opt.verbose):
         result = replay(
             model,
             rec,
@@ -110,6 +123,7 @@ def profile_routing_run(
         "batch_tokens": opt.batch_tokens,
         "row_tokens": result.row_tokens,
         "source": _source(opt, fmt, len(requests), decode_steps, device, model),
+        **expert_meta(facts),
     }
     if phase == "mixed":
         meta["row_phase"] = result.row_phase

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vibe_plan.errors import VibeError
 from vibe_plan.routing.batching import TokenRequest
 from vibe_plan.routing.hooks import RouterRecorder
 
@@ -42,10 +43,6 @@ def replay(
     """Prefill each batch (left-padded, padding masked out of the counts), then decode it.
     `on_tokens(done, total)`: called as tokens are replayed."""
     result = ReplayResult()
-    params = inspect.signature(model.forward).parameters
-    keep = "logits_to_keep" in params
-    # transformers 5.2x renamed past_key_values to cache; accept either generation.
-    cache_kw = "cache" if "cache" in params else "past_key_values"
     total = sum(len(r.ids) for b in batches for r in b) + sum(
         _decode_len(r, decode_steps) for b in batches for r in b
     )
@@ -58,6 +55,55 @@ def replay(
         if on_tokens is not None:
             on_tokens(done, total)
 
+    try:
+        _run_batches(
+            model,
+            recorder,
+            batches,
+            pad_id,
+            device,
+            decode_steps,
+            record_prefill,
+            seed,
+            result,
+            tick,
+        )
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        raise VibeError(
+            f"out of memory replaying the trace on {device}; lower --batch-tokens (or "
+            "--decode-steps), or give the model more memory"
+        ) from None
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return (
+        isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError))
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
+
+
+def _run_batches(
+    model: Any,
+    recorder: RouterRecorder,
+    batches: list[list[TokenRequest]],
+    pad_id: int,
+    device: Any,
+    decode_steps: int,
+    record_prefill: bool,
+    seed: int,
+    result: ReplayResult,
+    tick: Callable[[int], None],
+) -> None:
+    params = inspect.signature(model.forward).parameters
+    keep = "logits_to_keep" in params
+    # transformers 5.2x renamed past_key_values to cache; accept either generation.
+    cache_kw = "cache" if "cache" in params else "past_key_values"
     with torch.inference_mode():
         for bi, batch in enumerate(batches):
             ids, mask = _left_pad(batch, pad_id, device)
@@ -92,8 +138,6 @@ def replay(
                     cache_kw,
                 )
                 result.decode_seconds += time.perf_counter() - t0
-    result.seconds = time.perf_counter() - start
-    return result
 
 
 def _decode(
