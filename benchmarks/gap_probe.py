@@ -1,8 +1,10 @@
 """Where the uncertified gap comes from: on the DeepSeek-V3 EP32+32 instance of solve_bench (with
-+-10% spread), take the layers vibe could not certify within 0.1%, and on each node subproblem
-run CP-SAT for long. Prints plan and bound relative to the LP bound: a better plan found means the
-heuristic left something; a bound that barely moves means the LP bound is what is loose.
-Usage: python benchmarks/gap_probe.py [--layers 3] [--seconds 20]
++-10% spread), or with `--fleet varied` on scale_bench's varied fleet (seed 0), take the layers vibe
+could not certify within 0.1%, and on each node subproblem run CP-SAT for long. Prints plan and
+bound relative to the LP bound: a better plan found means the heuristic left something; a bound
+that moves means the LP bound is loose (no plan can be certified within 0.1% of the LP bound
+where CP-SAT proves the optimum is more than 0.1% above it).
+Usage: python benchmarks/gap_probe.py [--layers 3] [--seconds 20] [--fleet regular|varied]
 """
 
 from __future__ import annotations
@@ -30,19 +32,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--fleet", choices=("regular", "varied"), default="regular")
     args = ap.parse_args()
     inst = next(i for i in INSTANCES if i.name == "deepseek-v3 EP32+32")
-    gpus = synthetic_gpu_profile(inst.shape, inst.gpus, 0.10, seed=0)
-    routing = synthetic_routing(
-        inst.experts,
-        inst.layers,
-        inst.top_k,
-        32,
-        inst.batch_tokens,
-        seed=1,
-        num_groups=inst.groups,
-        first_moe_layer=inst.first_moe,
-    )
+    if args.fleet == "varied":
+        import scale_bench
+
+        big = next(i for i in scale_bench.INSTANCES if i.name == inst.name)
+        gpus, _ = scale_bench.fleet(big, "varied", 0)
+        routing, _ = scale_bench.routing(big, 0, 16)
+    else:
+        gpus = synthetic_gpu_profile(inst.shape, inst.gpus, 0.10, seed=0)
+        routing = synthetic_routing(
+            inst.experts,
+            inst.layers,
+            inst.top_k,
+            32,
+            inst.batch_tokens,
+            seed=1,
+            num_groups=inst.groups,
+            first_moe_layer=inst.first_moe,
+        )
     plan, _ = routing.split(0.25)
     res = solve_placement(gpus, plan, SolveOptions(redundant=inst.redundant))
     pr = res.placement.predicted
