@@ -240,10 +240,18 @@ def test_rerun_replaces_its_own_report_and_an_empty_folder(vibe, run_inputs, tmp
     out.mkdir()  # an empty folder may be written into
     r = vibe(*report_args(run_inputs, out))
     assert r.code == 0, r.err
-    (out / "stale.png").write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")  # a file the report did not write is never deleted
+    r = vibe(*report_args(run_inputs, out, simulation=False))
+    assert r.code == 2 and r.err.count("error:") == 1 and "notes.txt" in r.err
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    (out / "index.html").chmod(0o444)  # nor is a read-only one replaced
+    r = vibe(*report_args(run_inputs, out, simulation=False))
+    assert r.code == 2 and "read-only" in r.err
+    (out / "index.html").chmod(0o644)
     r = vibe(*report_args(run_inputs, out, simulation=False))
     assert r.code == 0, r.err
-    assert not (out / "stale.png").exists() and not (out / "ttft-cdf.png").exists()
+    assert not (out / "ttft-cdf.png").exists()
     assert "simulation" not in parse(out / "index.html").ids
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
@@ -431,3 +439,11 @@ def test_without_matplotlib_says_which_extra(vibe, run_inputs, tmp_path, monkeyp
     assert r.code == 2
     assert re.search(r"needs matplotlib.*pip install 'vibe-plan\[report\]'", r.err), r.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_simulation_of_other_placements_is_refused(vibe, run_inputs, tmp_path):
+    sim = write_simulation(tmp_path / "other.csv", [tmp_path / "elsewhere.json"])
+    out = tmp_path / "report"
+    r = vibe(*report_args(run_inputs, out, "--simulation", sim, simulation=False))
+    assert r.code == 2 and r.err.count("error:") == 1 and "elsewhere.json" in r.err
+    assert not out.exists()

@@ -18,12 +18,15 @@ from typing import Any
 
 import typer
 
+from vibe_plan import stop
 from vibe_plan.commands.evaluate import evaluate
 from vibe_plan.commands.profile_gpus import profile_gpus
+from vibe_plan.commands.recalibrate import recalibrate
 from vibe_plan.commands.report import report
 from vibe_plan.commands.routing import import_routing, profile_routing
 from vibe_plan.commands.simulate import simulate
 from vibe_plan.commands.solve import solve
+from vibe_plan.commands.validate import validate
 from vibe_plan.errors import VibeError
 
 app = typer.Typer(
@@ -38,6 +41,8 @@ app.command("profile-routing")(profile_routing)
 app.command("import-routing")(import_routing)
 app.command("solve")(solve)
 app.command("evaluate")(evaluate)
+app.command("recalibrate")(recalibrate)
+app.command("validate")(validate)
 app.command("report")(report)
 app.command("simulate")(simulate)
 
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     with _pipe_safe_streams(), _stop_signals() as received:
         before = _written_count()
         try:
+            _check_file_outputs(args)
             command = typer.main.get_command(app)
             with command.make_context("vibe", args) as ctx:
                 command.invoke(ctx)
@@ -79,6 +85,25 @@ def main(argv: list[str] | None = None) -> int:
         if received:  # a library swallowed the interrupt and the run went on: say so
             return _interrupted(before, EXIT_SIGTERM if signal.SIGTERM in received else EXIT_SIGINT)
     return 0
+
+
+# Options that name an output FILE (vibe report's --out is a folder). Typer hands commands a Path,
+# which drops a trailing slash, so `--out newdir/` would write a file named newdir: refuse here.
+_FILE_OUTPUTS = {"--out", "-o", "--csv", "--moves-out", "--export"}
+
+
+def _check_file_outputs(args: list[str]) -> None:
+    if args and args[0] == "report":
+        return
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in _FILE_OUTPUTS and not eq and i + 1 < len(args):
+            value = args[i + 1]
+        elif name not in _FILE_OUTPUTS:
+            continue
+        path = value.partition("=")[2] if name == "--export" else value
+        if path.endswith(("/", os.sep)):
+            raise VibeError(f"{name} {value} names a folder; give a file name")
 
 
 def _failed(e: BaseException, args: list[str]) -> int:
@@ -149,12 +174,14 @@ def _stop_signals() -> Iterator[set[int]]:
     """While a command runs, SIGTERM raises Terminated and SIGINT KeyboardInterrupt in the main
     thread; yields the set of signals received. A SIGINT that is ignored stays ignored."""
     received: set[int] = set()
+    stop.clear()
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
 
     def on_signal(signum: int, frame: Any) -> None:
         received.add(signum)
+        stop.request(signum)  # writers check it: an exception raised here can be swallowed
         raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
     old_term = signal.signal(signal.SIGTERM, on_signal)
@@ -209,7 +236,10 @@ class _PipeSafe:
 @contextmanager
 def _pipe_safe_streams() -> Iterator[None]:
     old_out, old_err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _PipeSafe(old_out), _PipeSafe(old_err)  # type: ignore[assignment]
+    # A stream the shell closed (`>&-`, `2>&-`) is None here: write into nothing instead.
+    out = old_out if old_out is not None else open(os.devnull, "w")  # noqa: SIM115
+    err = old_err if old_err is not None else open(os.devnull, "w")  # noqa: SIM115
+    sys.stdout, sys.stderr = _PipeSafe(out), _PipeSafe(err)  # type: ignore[assignment]
     try:
         yield
     finally:

@@ -9,15 +9,21 @@ from contextlib import contextmanager
 
 from rich.console import Console
 
+
+def _tty(stream: object) -> bool:
+    """A terminal? A stream the shell closed (`>&-`) is None."""
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; logs are read wide.
-_width = None if sys.stdout.isatty() else 120
-console = Console(highlight=False, width=_width)
-err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 120)
+console = Console(highlight=False, width=None if _tty(sys.stdout) else 120)
+err_console = Console(stderr=True, highlight=False, width=None if _tty(sys.stderr) else 120)
 
 
 def interactive(quiet: bool = False) -> bool:
     """Progress bars only for a person at a terminal: not with --quiet, in CI or in a pipe."""
-    return not quiet and sys.stderr.isatty() and not os.environ.get("CI")
+    return not quiet and _tty(sys.stderr) and not os.environ.get("CI")
 
 
 def warn(msg: str) -> None:

@@ -206,6 +206,16 @@ def _check_unique(path: Path | str, gpus: list[GpuEntry]) -> None:
                     "(re-run profile-gpus, or fix the copied entry)",
                 )
             seen[value] = i
+    # `id` is the EP rank and list order is rank order: the two must agree, or a plan's rank
+    # blocks would go to other GPUs than the profile's ids say.
+    for i, g in enumerate(gpus):
+        if g.id != i:
+            raise VibeError.at(
+                path,
+                f"gpus[{i}].id",
+                f"is {g.id!r} at position {i}: list the GPUs in EP rank order with ids "
+                f"0..{len(gpus) - 1} (re-run profile-gpus, or reorder the entries)",
+            )
 
 
 def gpu_profile_from_dict(raw: Any, path: Path | str = "<gpu profile>") -> GpuProfile:

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 
 import yaml
 
+from vibe_plan import stop
 from vibe_plan.errors import VibeError, first_line
 
 # What a file gets: its text, its bytes, or a function that writes it to a binary file object.
@@ -63,6 +64,7 @@ def write_all(items: Sequence[tuple[str | Path, Payload]]) -> None:
     replaced. Character devices (/dev/null) are written through, never replaced; FIFOs, sockets,
     read-only files and unwritable folders are refused. OS errors become a one-line VibeError.
     """
+    _check_not_stopped()
     targets = [_target(Path(p), "output") for p, _ in items]
     first: dict[Path, _Target] = {}
     for t in targets:
@@ -80,11 +82,18 @@ def write_all(items: Sequence[tuple[str | Path, Payload]]) -> None:
             if t.device:
                 with _os_errors(t):
                     _write_through(t, payload)
+        _check_not_stopped()
         _commit(staged)
     finally:
         for _, tmp in staged:
             _remove(tmp)
     _written.extend(t.path for t in targets)
+
+
+def _check_not_stopped() -> None:
+    """A stop signal whose exception a library swallowed still ends the run before it writes."""
+    if stop.requested():
+        raise KeyboardInterrupt()
 
 
 def check_writable(path: str | Path, what: str = "output") -> Path:

@@ -62,14 +62,29 @@ class RoutingProfile:
         """Mean tokens per batch for each (MoE layer, expert), float [L, E]."""
         return self.counts.mean(axis=0)
 
+    def select_rows(self, rows: np.ndarray) -> RoutingProfile:
+        """These batch rows (indices or a mask), their per-row meta lists picked alike."""
+        idx = np.arange(self.num_batches)[rows]
+        meta = dict(self.meta)
+        for key in ROW_KEYS:
+            if isinstance(meta.get(key), list):
+                meta[key] = [meta[key][i] for i in idx]
+        shared = meta.get("shared_experts")
+        if isinstance(shared, dict) and isinstance(shared.get("tokens"), list):
+            meta["shared_experts"] = {**shared, "tokens": [shared["tokens"][i] for i in idx]}
+        return RoutingProfile(self.counts[idx], self.layer_ids, meta)
+
     def split(self, holdout_fraction: float) -> tuple[RoutingProfile, RoutingProfile]:
         """First batches to plan on, last batches held out to measure on (trace order)."""
         n_hold = int(round(self.num_batches * holdout_fraction))
         n_hold = min(max(n_hold, 1), self.num_batches - 1) if self.num_batches > 1 else 0
         cut = self.num_batches - n_hold
-        head = RoutingProfile(self.counts[:cut], self.layer_ids, dict(self.meta))
-        tail = RoutingProfile(self.counts[cut:], self.layer_ids, dict(self.meta))
+        head = self.select_rows(np.arange(cut))
+        tail = self.select_rows(np.arange(cut, self.num_batches))
         return head, tail
+
+
+ROW_KEYS = ("row_tokens", "row_phase")  # meta lists with one entry per batch row
 
 
 def validate_routing(
@@ -194,7 +209,24 @@ def _meta(path: Path | str, meta: Any, counts: np.ndarray, layer_ids: np.ndarray
         raise VibeError.at(path, "meta.phase", f"{phase!r} is not one of {', '.join(PHASES)}")
     if meta.get("expert") is not None:
         meta["expert"] = _expert_meta(path, meta["expert"])
+    _row_lists(path, meta, counts.shape[0])
     return meta
+
+
+def _row_lists(path: Path | str, meta: dict[str, Any], rows: int) -> None:
+    """meta.row_tokens (valid tokens per row) and meta.row_phase (prefill/decode per row)."""
+    for key in ROW_KEYS:
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list) or len(value) != rows:
+            raise VibeError.at(path, f"meta.{key}", f"must list one entry per batch row ({rows})")
+    for i, t in enumerate(meta.get("row_tokens") or []):
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise VibeError.at(path, f"meta.row_tokens[{i}]", f"{t!r} is not a token count >= 0")
+    for i, p in enumerate(meta.get("row_phase") or []):
+        if p not in ("prefill", "decode"):
+            raise VibeError.at(path, f"meta.row_phase[{i}]", f"{p!r} is not prefill or decode")
 
 
 def _expert_meta(path: Path | str, e: Any) -> dict[str, Any]:

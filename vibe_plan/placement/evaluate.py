@@ -189,7 +189,7 @@ def routed_batches(rp: RoutingProfile, path: Path) -> tuple[RoutingProfile, list
         f"{path}: {int((~busy).sum())} of {rp.num_batches} batches route no tokens; "
         "scoring the other batches"
     )
-    return RoutingProfile(rp.counts[busy], rp.layer_ids, dict(rp.meta)), [note]
+    return rp.select_rows(busy), [note]
 
 
 def fleet_notes(p: Placement, gp: GpuProfile, path: Path, gpus: Path, gpus_sha: str) -> list[str]:

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ from vibe_plan.errors import VibeError
 from vibe_plan.placement.baselines import linear_map, round_robin_map, tile_layers
 from vibe_plan.placement.bounds import own_bound, slot_bound
 from vibe_plan.placement.cpsat import CpSatSettings
+from vibe_plan.placement.drift import solved_for_block
 from vibe_plan.placement.eplb import rebalance_experts
 from vibe_plan.placement.global_bound import global_bound
 from vibe_plan.placement.groups import groups_to_nodes
@@ -224,6 +226,7 @@ def solve_placement(
             **({"global_bound_us": list(glob)} if any(glob) else {}),
             "imbalance": imbalance(times).tolist(),
         },
+        solved_for=solved_for_block(load, gpus),  # so that drift can be told later
     )
     return SolveResult(placement, prob, status, heur, notes)
 
@@ -309,6 +312,12 @@ def _pool_map(fn, args: list, workers: int, progress, task) -> list:
             out.append(future.result())
             if progress:
                 progress.advance(task)
+    except BrokenProcessPool:
+        _stop_pool(pool)
+        raise VibeError(
+            "a layer worker process died (killed by a signal or out of memory); nothing was "
+            "written: run again, with --jobs 1 or more memory if it recurs"
+        ) from None
     except BaseException:
         _stop_pool(pool)
         raise

@@ -110,7 +110,7 @@ def gather(
     # Batches that route no token have no time to score; evaluate leaves them out too.
     busy = rp.counts.reshape(rp.num_batches, -1).any(axis=1)
     if not busy.all() and busy.any():
-        rp = RoutingProfile(rp.counts[busy], rp.layer_ids, dict(rp.meta))
+        rp = rp.select_rows(busy)
     lids = [int(x) for x in rp.layer_ids]
     curves = curves_of(gp)
     labels = short_labels(placements)
@@ -131,6 +131,8 @@ def gather(
             )
         )
     notes = list(run.notes)
+    if sim is not None:
+        notes += _check_simulated(sim, placements)
     if sim is not None and sim.requests is None:
         notes.append(
             f"{sim.requests_path} not found: the TTFT distributions (per-request CSV) are left out"
@@ -146,6 +148,21 @@ def gather(
         inputs=inputs,
         notes=notes,
     )
+
+
+def _check_simulated(sim: Simulation, placements: list[Path]) -> list[str]:
+    """The simulation must be of (some of) these placements: matched by file name."""
+    names = {Path(p).name for p in placements}
+    simulated = sorted({Path(str(p)).name for p in sim.summary["placement"]})
+    if not names & set(simulated):
+        raise VibeError(
+            f"{sim.path} simulates {', '.join(simulated)}, none of the report's placements "
+            f"({', '.join(sorted(names))}); simulate these placements or drop --simulation"
+        )
+    others = [n for n in simulated if n not in names]
+    if others:
+        return [f"{sim.path} also simulates {', '.join(others)}, not in this report"]
+    return []
 
 
 def dispatch_words(rule: str, num_nodes: int, token_origin: str) -> str:

@@ -229,6 +229,18 @@ def check_out(out: Path, inputs: list[Path]) -> None:
                 f"--out {out} exists and was not written by vibe report; give a new folder "
                 "(an existing report folder is replaced, anything else is left alone)"
             )
+        foreign = _foreign_files(out)
+        if foreign:
+            raise VibeError(
+                f"--out {out} holds {foreign[0].name}, which vibe report did not write; replacing "
+                "the folder would delete it: move it away or give a new folder"
+            )
+        locked = [p for p in [out, *out.iterdir()] if not os.lstat(p).st_mode & 0o222]
+        if locked:
+            raise VibeError(
+                f"cannot replace --out {out}: {locked[0]} is read-only; make it writable or "
+                "give a new folder"
+            )
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         what = "is not a folder" if os.path.lexists(parent) else "does not exist; create it"
@@ -242,6 +254,17 @@ def _samefile(a: Path, b: Path) -> bool:
         return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def _foreign_files(folder: Path) -> list[Path]:
+    """Entries of an earlier report folder that its page does not reference (a user's notes)."""
+    try:
+        page = (folder / INDEX).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.name != INDEX and f'src="{p.name}"' not in page
+    )
 
 
 def _is_report(folder: Path) -> bool:

@@ -1,0 +1,136 @@
+"""Cases a second, adversarial pass over bad inputs found: each is one `error:` line and exit 2
+(or a clean run), never a traceback, never a file written where none should be."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from placement_inputs import solve_args
+
+from vibe_plan.artifacts import load_routing_profile, save_routing_profile
+from vibe_plan.errors import VibeError
+
+
+def cli(*args: object, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vibe_plan", *[str(a) for a in args]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("option", ["--out", "--csv"])
+def test_a_trailing_slash_names_a_folder_not_a_file(vibe, inputs, option):
+    gpus, routing, out = inputs
+    target = f"{out / 'newdir'}/"
+    if option == "--out":
+        r = vibe(*solve_args(gpus, routing, Path("x.json"))[:-4], "--out", target)
+    else:
+        vibe(*solve_args(gpus, routing, out / "p.json"))
+        r = vibe("evaluate", "--gpus", gpus, "--routing", routing, out / "p.json", "--csv", target)
+    assert r.code == 2 and r.err.count("error:") == 1 and "names a folder" in r.err
+    assert not (out / "newdir").exists()
+
+
+def test_closed_stdout_is_no_failure_and_closed_stderr_keeps_exit_2(inputs):
+    gpus, routing, out = inputs
+    args = solve_args(gpus, routing, out / "p.json")
+    ok = subprocess.run([sys.executable, "-m", "vibe_plan", *args], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE, text=True, timeout=120,
+                        preexec_fn=lambda: os.close(1))  # fmt: skip
+    assert ok.returncode == 0 and "Traceback" not in ok.stderr and (out / "p.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "vibe_plan", "solve", "--gpus", "nope.yaml",
+                          "--routing", routing, "--out", out / "q.json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, timeout=120,
+                         preexec_fn=lambda: os.close(2))  # fmt: skip
+    assert bad.returncode == 2 and not (out / "q.json").exists()
+
+
+def test_gpu_ids_must_follow_rank_order(vibe, inputs):
+    gpus, routing, out = inputs
+    doc = yaml.safe_load(gpus.read_text())
+    doc["gpus"][0]["id"], doc["gpus"][1]["id"] = 1, 0
+    gpus.write_text(yaml.safe_dump(doc))
+    r = vibe(*solve_args(gpus, routing, out / "p.json"))
+    assert r.code == 2 and "gpus[0].id" in r.err and "EP rank order" in r.err
+    assert not (out / "p.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("phases", "needle"),
+    [(["prefill"], "one entry per batch row"), (None, "'warmup' is not prefill or decode")],
+)
+def test_row_phase_is_checked_on_load(vibe, inputs, tmp_path, phases, needle):
+    gpus, routing, out = inputs
+    rp = load_routing_profile(routing)
+    rp.meta["phase"] = "mixed"
+    rp.meta["row_phase"] = phases or ["prefill", "decode", "warmup"] + ["decode"] * (
+        rp.num_batches - 3
+    )
+    with pytest.raises(VibeError, match="row_phase"):  # nor can one be written
+        save_routing_profile(rp, tmp_path / "w.npz")
+    np.savez_compressed(  # as another tool could write it
+        routing,
+        counts=rp.counts,
+        layer_ids=rp.layer_ids,
+        meta=np.array(json.dumps({"schema": "vibe.routing-profile/v1", **rp.meta})),
+    )
+    r = vibe(*solve_args(gpus, routing, out / "p.json"))
+    assert r.code == 2 and r.err.count("error:") == 1 and needle in r.err
+
+
+def test_split_keeps_per_row_meta_aligned(inputs):
+    _, routing, _ = inputs
+    rp = load_routing_profile(routing)
+    rp.meta["row_tokens"] = list(range(rp.num_batches))
+    head, tail = rp.split(0.25)
+    assert head.meta["row_tokens"] + tail.meta["row_tokens"] == list(range(rp.num_batches))
+    assert len(tail.meta["row_tokens"]) == tail.num_batches
+
+
+def test_a_killed_layer_worker_is_one_error_line(tmp_path):
+    """A worker killed by the OOM killer or a stray `kill`: no BrokenProcessPool traceback."""
+    from placement_inputs import write_gpus
+
+    from vibe_plan.synthetic import synthetic_routing
+
+    gpus = write_gpus(tmp_path / "g.yaml", [float(x) for x in np.linspace(1.0, 1.3, 16)])
+    routing = tmp_path / "r.npz"
+    save_routing_profile(synthetic_routing(256, 58, 8, 8, 4096, seed=0, num_groups=8), routing)
+    out = tmp_path / "p.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vibe_plan", "solve", "--gpus", gpus, "--routing", routing,
+         "--out", out, "--redundant", "16", "--jobs", "2", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    children: list[int] = []
+    deadline = time.time() + 30
+    while not children and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        try:
+            children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+                        .read_text().split()]  # fmt: skip
+        except OSError:
+            break
+    if not children:
+        proc.kill()
+        pytest.skip("the solve finished before a worker could be killed")
+    time.sleep(0.5)
+    os.kill(children[-1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the killed worker had already finished its layers")
+    assert proc.returncode == 2, err
+    assert err.count("error:") == 1 and "worker process died" in err and "Traceback" not in err
+    assert not out.exists()
