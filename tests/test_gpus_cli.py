@@ -170,6 +170,15 @@ def test_quick_refuses_a_base_it_cannot_rescale(vibe, base_profile, tmp_path):
     )
     assert r.code == 2 and "has 2 GPUs but this run has 1" in r.err
     assert not out.exists()
+    other = load_gpu_profile(base_profile)  # measured on another host (no UUIDs to compare)
+    other.gpus[0] = dataclasses.replace(other.gpus[0], host="othernode", uuid=None)
+    save_gpu_profile(other, tmp_path / "other.yaml")
+    r = vibe(
+        "profile-gpus", "--quick", "--base", tmp_path / "other.yaml", "--out", out,
+        "--device", "cpu", "--repeats", "2", "--warmup-s", "0", "--quiet",
+    )  # fmt: skip
+    assert r.code == 2 and "othernode" in r.err and "same GPUs" in r.err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(

@@ -249,6 +249,12 @@ def _quick_curves(req: ProfileRequest, sweep: Sweep, done: list[DeviceResult]) -
                 f"rank {i} is {r.uuid} but --base gpus[{i}] is {b.uuid}; --quick needs the same "
                 "GPUs in the same rank order (else run a full profile)"
             )
+        if not (b.uuid and r.uuid) and (b.host, b.name) != (r.host, r.name):
+            # Without UUIDs on both sides, host and device name are what tie a rank to its base.
+            raise VibeError(
+                f"rank {i} is {r.name} on {r.host} but --base gpus[{i}] is {b.name} on {b.host}; "
+                "--quick needs the same GPUs in the same rank order (else run a full profile)"
+            )
         measured = isotonic(r.median_us)
         scale, residual = fit_scale(time_curve(b.curve), r.tokens, measured)
 
