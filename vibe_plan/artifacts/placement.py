@@ -20,6 +20,19 @@ from vibe_plan.artifacts.routing_profile import MAX_LAYERS
 from vibe_plan.errors import VibeError
 
 PLACEMENT_SCHEMA = "vibe.placement/v1"
+MAX_SOLVED_FOR_POINTS = 64  # token counts a `solved_for` block may time the GPUs at
+
+
+@dataclass
+class SolvedFor:
+    """What a plan was solved for, compact enough to keep in the placement file, so that drift can
+    be measured without the old profiles (`vibe recalibrate`): each MoE layer's mean load per
+    expert and each GPU's time at a few token counts (docs/formats.md, `solved_for`)."""
+
+    tokens: list[int]  # token counts the GPU times are taken at, strictly increasing
+    gpu_time_us: np.ndarray  # float [G, K]: one expert's time on each GPU at those counts
+    gpu_uuid: list[str | None]  # [G] the GPU at each EP rank, where the profile records it
+    mean_load: np.ndarray  # float [L, E]: mean tokens per batch routed to each expert
 
 
 @dataclass
@@ -35,6 +48,7 @@ class Placement:
     dispatch: dict[str, Any] = field(default_factory=dict)  # the split `predicted` assumes
     predicted: dict[str, list[float]] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
+    solved_for: SolvedFor | None = None  # the loads and GPU speeds it was solved for
 
     @property
     def num_physical_experts(self) -> int:
@@ -97,6 +111,20 @@ def placement_to_dict(p: Placement) -> dict[str, Any]:
         "dispatch": p.dispatch or {"rule": "even", "token_origin": "uniform"},
         "predicted": {k: [round(float(x), 3) for x in v] for k, v in p.predicted.items()},
         "inputs": p.inputs,
+        **({"solved_for": solved_for_to_dict(p.solved_for)} if p.solved_for is not None else {}),
+    }
+
+
+def solved_for_to_dict(sf: SolvedFor) -> dict[str, Any]:
+    gpus: list[dict[str, Any]] = []
+    for uuid, times in zip(sf.gpu_uuid, sf.gpu_time_us, strict=True):
+        rec: dict[str, Any] = {"uuid": uuid} if uuid is not None else {}
+        rec["time_us"] = [float(x) for x in times]
+        gpus.append(rec)
+    return {
+        "tokens": [int(t) for t in sf.tokens],
+        "gpus": gpus,
+        "mean_load": [[float(x) for x in row] for row in sf.mean_load],
     }
 
 
@@ -112,6 +140,8 @@ def dump_placement(p: Placement) -> str:
             if k == "physical_to_logical_map":
                 rows = ",\n    ".join(json.dumps(r, separators=(",", ":")) for r in v)
                 lines.append(f'  "{k}": [\n    {rows}\n  ]{comma}')
+            elif k == "solved_for":
+                lines.append(f'  "{k}": {_solved_for_text(v)}{comma}')
             else:
                 text = json.dumps(v, sort_keys=False, allow_nan=False)
                 lines.append(f"  {json.dumps(k)}: {text}{comma}")
@@ -122,6 +152,21 @@ def dump_placement(p: Placement) -> str:
         ) from None
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _solved_for_text(d: dict[str, Any]) -> str:
+    """The `solved_for` block: one GPU and one layer per line, like the map."""
+
+    def compact(x: Any) -> str:
+        return json.dumps(x, separators=(",", ":"), allow_nan=False)
+
+    gpus = ",\n      ".join(compact(g) for g in d["gpus"])
+    rows = ",\n      ".join(compact(r) for r in d["mean_load"])
+    return (
+        f'{{\n    "tokens": {compact(d["tokens"])},\n'
+        f'    "gpus": [\n      {gpus}\n    ],\n'
+        f'    "mean_load": [\n      {rows}\n    ]\n  }}'
+    )
 
 
 def save_placement(p: Placement, path: str | Path) -> None:
@@ -246,7 +291,81 @@ def placement_from_doc(
             for k, v in _mapping(path, "inputs", raw.get("inputs", {})).items()
         },
     )
+    if "solved_for" in raw:
+        p.solved_for = solved_for_from_doc(path, raw["solved_for"], G, len(lids), E)
     return p, warns
+
+
+def solved_for_from_doc(
+    path: str | Path, value: Any, num_gpus: int, num_layers: int, num_experts: int
+) -> SolvedFor:
+    """The optional `solved_for` block, checked against the placement's own sizes."""
+    where = "solved_for"
+    if not isinstance(value, dict):
+        raise VibeError(f"{path}: {where}: must be a JSON object")
+    for key in ("tokens", "gpus", "mean_load"):
+        if key not in value:
+            raise VibeError(f"{path}: {where}.{key}: missing")
+    tokens = value["tokens"]
+    if (
+        not isinstance(tokens, list)
+        or not 0 < len(tokens) <= MAX_SOLVED_FOR_POINTS
+        or not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in tokens)
+        or any(b <= a for a, b in zip(tokens, tokens[1:], strict=False))
+    ):
+        raise VibeError(
+            f"{path}: {where}.tokens: must be 1 to {MAX_SOLVED_FOR_POINTS} positive integers, "
+            "strictly increasing"
+        )
+    gpus = value["gpus"]
+    if not isinstance(gpus, list) or len(gpus) != num_gpus:
+        raise VibeError(f"{path}: {where}.gpus: must list one record per GPU ({num_gpus})")
+    times, uuids = [], []
+    for g, rec in enumerate(gpus):
+        at = f"{path}: {where}.gpus[{g}]"
+        if not isinstance(rec, dict):
+            raise VibeError(f"{at}: must be a JSON object")
+        uuid = rec.get("uuid")
+        if uuid is not None and not isinstance(uuid, str):
+            raise VibeError(f"{at}.uuid: {uuid!r} must be a string")
+        t = rec.get("time_us")
+        if not isinstance(t, list) or len(t) != len(tokens) or not all(_positive(x) for x in t):
+            raise VibeError(
+                f"{at}.time_us: must be {len(tokens)} positive finite numbers, one per token count"
+            )
+        times.append([float(x) for x in t])
+        uuids.append(uuid)
+    load = value["mean_load"]
+    if (
+        not isinstance(load, list)
+        or len(load) != num_layers
+        or not all(isinstance(r, list) and len(r) == num_experts for r in load)
+    ):
+        raise VibeError(
+            f"{path}: {where}.mean_load: must be {num_layers} rows (one per MoE layer) of "
+            f"{num_experts} numbers (one per expert)"
+        )
+    if not all(_number(x) and x >= 0 for r in load for x in r):
+        raise VibeError(f"{path}: {where}.mean_load: loads must be non-negative finite numbers")
+    return SolvedFor(
+        tokens=[int(t) for t in tokens],
+        gpu_time_us=np.array(times, dtype=float),
+        gpu_uuid=uuids,
+        mean_load=np.array(load, dtype=float).reshape(num_layers, num_experts),
+    )
+
+
+def _number(x: Any) -> bool:
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _positive(x: Any) -> bool:
+    return _number(x) and x > 0
 
 
 def count_field(path: str | Path, key: str, value: Any) -> int:

@@ -62,7 +62,7 @@ class RoutingProfile:
         """Mean tokens per batch for each (MoE layer, expert), float [L, E]."""
         return self.counts.mean(axis=0)
 
-    def select_rows(self, rows: np.ndarray) -> RoutingProfile:
+    def select_rows(self, rows: Any) -> RoutingProfile:
         """These batch rows (indices or a mask), their per-row meta lists picked alike."""
         idx = np.arange(self.num_batches)[rows]
         meta = dict(self.meta)

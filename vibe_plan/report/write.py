@@ -262,9 +262,7 @@ def _foreign_files(folder: Path) -> list[Path]:
         page = (folder / INDEX).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    return sorted(
-        p for p in folder.iterdir() if p.name != INDEX and f'src="{p.name}"' not in page
-    )
+    return sorted(p for p in folder.iterdir() if p.name != INDEX and f'src="{p.name}"' not in page)
 
 
 def _is_report(folder: Path) -> bool:
