@@ -50,6 +50,7 @@ lint: $(VENV)/.full
 
 bench: $(VENV)/.full
 	$(BIN)/python benchmarks/solve_bench.py
+	$(BIN)/python benchmarks/recalibrate_bench.py
 	$(BIN)/python benchmarks/routing_bench.py
 	$(BIN)/python benchmarks/gpu_profile_bench.py --device cpu
 
