@@ -134,3 +134,22 @@ def test_a_killed_layer_worker_is_one_error_line(tmp_path):
     assert proc.returncode == 2, err
     assert err.count("error:") == 1 and "worker process died" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_placement_file_rejects_boolean_ids_and_unknown_rules(vibe, inputs):
+    from vibe_plan.artifacts.placement import DISPATCH_RULES
+    from vibe_plan.cost.dispatch import RULES
+
+    assert set(DISPATCH_RULES) == set(RULES)  # the format admits exactly the modelled rules
+    gpus, routing, out = inputs
+    assert vibe(*solve_args(gpus, routing, out / "p.json")).code == 0
+    doc = json.loads((out / "p.json").read_text())
+    for edit, needle in (
+        (lambda d: d["physical_to_logical_map"][0].__setitem__(0, True), "true/false"),
+        (lambda d: d.__setitem__("dispatch", {"rule": "warp"}), "dispatch.rule"),
+    ):
+        bad = json.loads(json.dumps(doc))
+        edit(bad)
+        (out / "bad.json").write_text(json.dumps(bad))
+        r = vibe("evaluate", "--gpus", gpus, "--routing", routing, out / "bad.json")
+        assert r.code == 2 and r.err.count("error:") == 1 and needle in r.err, r.err

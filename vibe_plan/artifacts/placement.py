@@ -198,6 +198,11 @@ def int_map(path: str | Path, key: str, value: Any) -> np.ndarray:
         raise VibeError(f"{path}: {key}: rows have different lengths")
     if arr.ndim != 2 or arr.dtype.kind not in "iu":
         raise VibeError(f"{path}: {key}: must be a rectangular list of integer rows")
+    # numpy reads [true, 1] as [1, 1]: a boolean is no expert id.
+    if isinstance(value, list) and any(
+        isinstance(x, bool) for row in value if isinstance(row, list) for x in row
+    ):
+        raise VibeError(f"{path}: {key}: holds true/false where expert ids belong")
     return arr.astype(np.int64)
 
 
@@ -284,7 +289,7 @@ def placement_from_doc(
         num_nodes=N,
         gpus=_gpu_records(path, raw.get("gpus", []), G),
         method=_text(path, "method", raw.get("method", "unknown")),
-        dispatch=_mapping(path, "dispatch", raw.get("dispatch", {})),
+        dispatch=_dispatch(path, raw.get("dispatch", {})),
         predicted=_predicted(path, raw.get("predicted", {})),
         inputs={
             k: _text(path, f"inputs.{k}", v)
@@ -397,6 +402,20 @@ def _text(path: Path, key: str, value: Any) -> str:
     if not isinstance(value, str):
         raise VibeError(f"{path}: {key}: {value!r} must be a string")
     return value
+
+
+# The dispatch rules a placement can be planned for (vibe_plan.cost.dispatch models each).
+DISPATCH_RULES = ("even", "static", "local", "lp")
+
+
+def _dispatch(path: Path, value: Any) -> dict[str, Any]:
+    d = _mapping(path, "dispatch", value)
+    rule = d.get("rule", "even")
+    if rule not in DISPATCH_RULES:
+        raise VibeError.at(
+            path, "dispatch.rule", f"{rule!r} is not one of {', '.join(DISPATCH_RULES)}"
+        )
+    return d
 
 
 def _mapping(path: Path, key: str, value: Any) -> dict[str, Any]:
