@@ -90,7 +90,7 @@ def set_row(i, row):
         ),
         ("layers.json", lambda d: d.update(layer_ids=[1, 2, 4]), "layer_ids"),
         ("uuid.json", lambda d: d["gpus"][2].update(uuid="GPU-other"), "another fleet"),
-        ("rule.json", lambda d: d["dispatch"].update(rule="magic"), "dispatch rule"),
+        ("rule.json", lambda d: d["dispatch"].update(rule="magic"), "dispatch.rule"),
         ("solved.json", lambda d: d["solved_for"].update(tokens=[0]), "solved_for.tokens"),
         ("nan.json", lambda d: d["predicted"].update(makespan_us=["x"]), "finite numbers"),
     ],
