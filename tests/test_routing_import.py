@@ -89,8 +89,9 @@ def test_trtllm_statistics_folder(vibe, ds3, tmp_path):
     for rank in range(2):
         tensors = {}
         for it in range(10, 14):
+            tokens = int(RNG.integers(1, 30))  # every MoE layer of an iteration routes them all
             for li, layer in enumerate((1, 2)):
-                c = RNG.integers(0, 30, size=8).astype(np.int64)
+                c = _picks(tokens, 2, 8)
                 total[it - 10, li] += c
                 tensors[f"{it}_{layer}"] = c
         save_file(tensors, str(dump / f"rank{rank}.safetensors"))
@@ -101,13 +102,22 @@ def test_trtllm_statistics_folder(vibe, ds3, tmp_path):
     assert q.meta["model"] == ds3.name and q.meta["num_hidden_layers"] == 3
 
 
-def _routed(seq: int) -> np.ndarray:
+def _picks(tokens: int, k: int, experts: int) -> np.ndarray:
+    """Expert counts of `tokens` tokens that each pick `k` distinct experts (int64 [experts])."""
+    ids = np.concatenate([RNG.permutation(experts)[:k] for _ in range(tokens)] or [[]])
+    return np.bincount(ids.astype(np.int64), minlength=experts)
+
+
+def _routed(seq: int, dense: int = 0) -> np.ndarray:
+    """vLLM's routed_experts of one request: [tokens, decoder layers, top_k], uint8 (8 experts);
+    its first `dense` decoder layers are dense: zero, i.e. expert 0 for every token."""
     arr = np.stack([RNG.permutation(8)[:2] for _ in range(seq * 2)]).reshape(seq, 2, 2)
-    return arr.astype(np.int32)
+    zeros = np.zeros((seq, dense, 2), arr.dtype)
+    return np.concatenate([zeros, arr], axis=1).astype(np.uint8)
 
 
 def test_vllm_npy_and_jsonl(vibe, ds3, tmp_path):
-    reqs = [_routed(n) for n in (5, 7, 3, 9)]
+    reqs = [_routed(n, dense=1) for n in (5, 7, 3, 9)]  # ds3: decoder layer 0 is dense
     folder = tmp_path / "npy"
     folder.mkdir()
     for i, a in enumerate(reqs):
@@ -117,9 +127,9 @@ def test_vllm_npy_and_jsonl(vibe, ds3, tmp_path):
     assert p.layer_ids.tolist() == [1, 2]  # MoE-layer rows mapped to decoder ids
     assert p.num_batches == 2 and (p.counts.sum(axis=2) == np.array([[24], [24]])).all()
     for b, group in enumerate((reqs[:2], reqs[2:])):
-        for layer in range(2):
+        for li, layer in enumerate((1, 2)):
             ids = np.concatenate([a[:, layer, :].ravel() for a in group])
-            assert p.counts[b, layer].tolist() == np.bincount(ids, minlength=8).tolist()
+            assert p.counts[b, li].tolist() == np.bincount(ids, minlength=8).tolist()
     lines = []
     for a in reqs:
         buf = io.BytesIO()
@@ -131,8 +141,12 @@ def test_vllm_npy_and_jsonl(vibe, ds3, tmp_path):
         vibe, tmp_path / "resp.jsonl", tmp_path / "b.npz", "--model", ds3, "--batch-tokens", "12"
     )
     assert np.array_equal(q.counts, p.counts)
-    single = run(vibe, folder / "req00.npy", tmp_path / "c.npz")  # no --model: warned guess
-    assert single.layer_ids.tolist() == [0, 1] and single.counts.sum() == 5 * 2 * 2
+    single = run(vibe, folder / "req00.npy", tmp_path / "c.npz")  # no --model: dense layer 0
+    assert single.layer_ids.tolist() == [1, 2] and single.counts.sum() == 5 * 2 * 2
+    assert single.num_hidden_layers == 3
+    np.save(tmp_path / "moe_only.npy", reqs[0][:, 1:])  # revisions with MoE layers only
+    old = run(vibe, tmp_path / "moe_only.npy", tmp_path / "d.npz", "--model", ds3)
+    assert old.layer_ids.tolist() == [1, 2] and np.array_equal(old.counts, single.counts)
 
 
 @pytest.mark.parametrize(
@@ -192,12 +206,12 @@ def test_readers_return_notes_and_the_command_prints_them(vibe, capsys, tmp_path
     assert got.notes == ["2 (iteration, layer) pairs missing from the dump; counted as zero"]
     assert capsys.readouterr().err == ""
 
-    np.save(tmp_path / "req.npy", _routed(5))
+    np.save(tmp_path / "req.npy", _routed(5, dense=1))
     r = vibe("import-routing", tmp_path / "req.npy", "--out", tmp_path / "v.npz", "--quiet")
     assert r.code == 0, r.err
     lines = [line for line in r.err.splitlines() if line.startswith("warning:")]
     assert len(lines) == 2, r.err
-    assert "assuming" in lines[0] and "numbers MoE layers 0..1" in lines[1]
+    assert "assuming" in lines[0] and "layers [0] send every token to expert 0" in lines[1]
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,13 @@ def import_routing(
     batch_tokens: Annotated[
         int, typer.Option(help="vLLM only: tokens of consecutive requests per row.")
     ] = BATCH_TOKENS,
+    placement: Annotated[
+        Path | None,
+        typer.Option(
+            help="TensorRT-LLM only: the load-balancer file the run served with (or any "
+            "placement vibe reads); its statistics then count slots, folded back onto experts."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No summary.")] = False,
 ) -> None:
     """Turn the expert loads a serving engine recorded into a routing profile.
@@ -139,9 +146,10 @@ def import_routing(
     if batch_tokens < 1:
         raise VibeError(f"--batch-tokens is {batch_tokens}; it must be at least 1")
     inputs = [("the source", source), *([("--model", model)] if model is not None else [])]
+    inputs += [("--placement", placement)] if placement is not None else []
     check_distinct([("--out", out)], inputs)
     check_writable(out, "--out")
-    run = import_routing_run(source, format, model, batch_tokens)
+    run = import_routing_run(source, format, model, batch_tokens, placement)
     for note in run.notes:
         warn(note)
     save_routing_profile(run.profile, out)

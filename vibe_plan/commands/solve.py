@@ -75,6 +75,15 @@ def solve(
         list[str] | None,
         typer.Option(help="FORMAT=PATH, repeatable; formats sglang, trtllm, eplb."),
     ] = None,
+    mtp_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--mtp-layers",
+            help="MTP (next-n) layers the engine builds after the decoder layers; the trtllm "
+            "export gives each a row. Default: the routing profile's meta.mtp_layers, else 0.",
+            show_default=False,
+        ),
+    ] = None,
     dispatch: DispatchOpt = "even",
     token_origin: OriginOpt = "uniform",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -82,12 +91,14 @@ def solve(
     """Plan expert placement: heavy experts on fast GPUs, with a certified gap to optimal."""
     from vibe_plan.artifacts.io import check_distinct, check_writable
     from vibe_plan.console import console, progress, warn
-    from vibe_plan.engines import export_placement, parse_export_specs
+    from vibe_plan.engines import export_placement, mtp_layer_count, parse_export_specs
     from vibe_plan.placement.render import solve_table
     from vibe_plan.placement.solve import SolveOptions
     from vibe_plan.placement.solve_run import solve_run
 
     specs = parse_export_specs(export or [])
+    if mtp_layers is not None:
+        mtp_layer_count(mtp_layers, {})  # a meaningless count fails before any work
     outputs = [("--out", out), *((f"--export {fmt}", path) for fmt, path in specs)]
     check_distinct(outputs, [("--gpus", gpus), ("--routing", routing)])
     for name, path in outputs:
@@ -108,7 +119,16 @@ def solve(
         run = solve_run(gpus, routing, opts, token_origin, progress=bar)
     for note in run.notes:
         warn(note)
-    export_placement(run.result.placement, specs, run.routing.num_hidden_layers, out)
+    meta = run.routing.meta
+    for note in export_placement(
+        run.result.placement,
+        specs,
+        run.routing.num_hidden_layers,
+        out,
+        mtp_layers=mtp_layer_count(mtp_layers, meta) if specs else 0,
+        routing_meta=meta,
+    ):
+        warn(note)
     console.print(solve_table(run.result, run.others, run.wall_s))
     console.print(f"wrote {out}" + "".join(f", {p}" for _, p in specs))
 

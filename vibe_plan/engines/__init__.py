@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vibe_plan.artifacts.io import read_doc, require_file, write_all
 from vibe_plan.artifacts.placement import (
     PLACEMENT_SCHEMA,
@@ -20,6 +22,7 @@ from vibe_plan.artifacts.placement import (
     dump_placement,
     placement_from_doc,
 )
+from vibe_plan.artifacts.routing_profile import MAX_LAYERS
 from vibe_plan.defaults import BATCH_TOKENS
 from vibe_plan.engines import eplb, sglang, trtllm, vllm
 from vibe_plan.engines.common import EngineDump, decoder_rows
@@ -31,17 +34,21 @@ __all__ = [
     "EngineDump",
     "decoder_rows",
     "dump_format",
+    "export_notes",
     "export_placement",
     "export_texts",
     "load_placement",
+    "mtp_layer_count",
     "parse_export_specs",
     "placement_format",
     "read_dump",
+    "slot_map",
 ]
 
 # --- placement files -----------------------------------------------------------------------------
 
-EXPORTERS: dict[str, Callable[[Placement, int], str]] = {
+# (placement, decoder layers of the model, MTP layers of the model) -> file text
+EXPORTERS: dict[str, Callable[[Placement, int, int], str]] = {
     "sglang": sglang.placement_text,
     "trtllm": trtllm.placement_text,
     "eplb": eplb.placement_text,
@@ -73,8 +80,10 @@ def parse_export_specs(specs: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def export_texts(p: Placement, specs: list[tuple[str, Path]], num_hidden_layers: int) -> list[str]:
-    return [EXPORTERS[fmt](p, num_hidden_layers) for fmt, _ in specs]
+def export_texts(
+    p: Placement, specs: list[tuple[str, Path]], num_hidden_layers: int, mtp_layers: int = 0
+) -> list[str]:
+    return [EXPORTERS[fmt](p, num_hidden_layers, mtp_layers) for fmt, _ in specs]
 
 
 def export_placement(
@@ -82,15 +91,51 @@ def export_placement(
     specs: list[tuple[str, Path]],
     num_hidden_layers: int,
     out: Path | None = None,
-) -> None:
+    mtp_layers: int = 0,
+    routing_meta: dict[str, Any] | None = None,
+) -> list[str]:
     """Write the engine files (and the vibe placement itself to `out`), all or none: every text
     is rendered first, then `write_all` puts every file in place or leaves every target as it
-    was."""
-    texts = export_texts(p, specs, num_hidden_layers)
+    was. `mtp_layers`: the model's MTP (next-n) layers, which TensorRT-LLM looks up in its file
+    too. `routing_meta` (the routing profile's) names the model for the engines' own limits.
+    Returns notes for the user."""
+    texts = export_texts(p, specs, num_hidden_layers, mtp_layers)
+    notes = export_notes(specs, routing_meta or {})
     if out is not None:
         check_map(p.phy2log, p.num_gpus, p.num_logical_experts)
         texts, specs = [dump_placement(p), *texts], [("vibe", Path(out)), *specs]
     write_all([(path, text) for (_, path), text in zip(specs, texts, strict=True)])
+    return notes
+
+
+def export_notes(specs: list[tuple[str, Path]], routing_meta: dict[str, Any]) -> list[str]:
+    """What the user should hear about the exports for this model (see `trtllm.export_notes`)."""
+    if not any(fmt == "trtllm" for fmt, _ in specs):
+        return []
+    model_type = routing_meta.get("model_type")
+    architecture = routing_meta.get("architecture")
+    return trtllm.export_notes(
+        model_type if isinstance(model_type, str) else None,
+        architecture if isinstance(architecture, str) else None,
+    )
+
+
+def mtp_layer_count(option: int | None, routing_meta: dict[str, Any]) -> int:
+    """The MTP layers to export: `--mtp-layers` when given, else the routing profile's
+    `meta.mtp_layers` (the model's `num_nextn_predict_layers`), else 0."""
+    if option is not None:
+        if not 0 <= option <= MAX_LAYERS:
+            raise VibeError(f"--mtp-layers is {option}; give 0 or more (the model's MTP layers)")
+        return option
+    value = routing_meta.get("mtp_layers", 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LAYERS:
+        raise VibeError(
+            f"the routing profile's meta.mtp_layers is {value!r}; it must be an integer 0 or "
+            "more (pass --mtp-layers to override)"
+        )
+    return value
 
 
 def placement_format(path: str | Path, doc: Any) -> str:
@@ -131,6 +176,25 @@ def load_placement(
         return placement_from_doc(path, doc, num_gpus, layer_ids, num_experts)
     reader = _PLACEMENT_READERS[fmt]
     return reader.read_placement(path, doc, num_gpus, layer_ids, num_experts, num_hidden_layers)
+
+
+def slot_map(
+    path: str | Path,
+    layer_ids: list[int],
+    num_experts: int | None = None,
+    num_hidden_layers: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """The slot -> expert rows [len(layer_ids), slots] of a placement file in any format (read
+    with `load_placement`), for folding slot counts back onto experts, and the expert count.
+
+    Only the map matters here, not how its slots split over GPUs, so an engine file (which
+    carries no GPU count) is read as one GPU's slots and the layout warnings are dropped.
+    """
+    path = require_file(path, "--placement")
+    fmt = placement_format(path, read_doc(path, "placement file"))
+    num_gpus = None if fmt == "vibe" else 1
+    p, _ = load_placement(path, num_gpus, layer_ids, num_experts, num_hidden_layers)
+    return p.phy2log, p.num_logical_experts
 
 
 # --- load dumps ----------------------------------------------------------------------------------

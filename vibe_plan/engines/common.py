@@ -24,6 +24,9 @@ class EngineDump:
     source: dict[str, Any] = field(default_factory=dict)
     layer_ids: list[int] | None = None  # when the dump names its layers (TensorRT-LLM)
     notes: list[str] = field(default_factory=list)  # warnings for the user, in reading order
+    # Layers of axis 1 the engine filled without routing (vLLM writes expert 0 for every token of
+    # a dense layer): dropped when no model config says which layers are MoE layers.
+    filler_layers: list[int] = field(default_factory=list)
 
 
 def decoder_rows(p: Placement, num_hidden_layers: int) -> list[list[int]]:

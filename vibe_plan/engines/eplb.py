@@ -1,9 +1,12 @@
 """EPLB-style placement tensors, as DeepSeek's EPLB returns them, for tooling written around them.
 
-JSON with `layer_ids`, `phy2log` [L, P], `log2phy` [L, E, maxlogcnt] padded with -1 and `logcnt`
-[L, E], rows per MoE layer. Reading needs only `phy2log`; `layer_ids`, `logcnt` and `log2phy`,
-where present, are checked against it (and the routing profile). A placement file only: there
-are no EPLB load dumps.
+JSON with `layer_ids`, `phy2log` [L, P], `log2phy` [L, E, R + 1] and `logcnt` [L, E], rows per
+MoE layer (R = P - E redundant slots). `log2phy[l, e]` lists expert `e`'s slots in ascending
+order, then -1: the width DeepSeek's EPLB (`maxlogcnt = P - E + 1`) and vLLM's
+`logical_to_physical_map` use. Reading needs only `phy2log`; `layer_ids`, `logcnt` and `log2phy`,
+where present, are checked against it (and the routing profile); `log2phy` may be padded to any
+width (vLLM revisions pad to 1024) or only to the largest replica count. A placement file only:
+there are no EPLB load dumps.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vibe_plan.artifacts.placement import Placement, int_map, layer_id_list, make_log2phy
+from vibe_plan.artifacts.placement import Placement, int_map, layer_id_list
 from vibe_plan.engines.common import engine_placement
 from vibe_plan.errors import VibeError
 
@@ -22,9 +25,9 @@ PLACEMENT_KEY = "phy2log"
 PLACEMENT_METHOD = "eplb-file"
 
 
-def placement_text(p: Placement, num_hidden_layers: int) -> str:
-    del num_hidden_layers
-    log2phy = make_log2phy(p.phy2log, p.num_logical_experts)
+def placement_text(p: Placement, num_hidden_layers: int, mtp_layers: int = 0) -> str:
+    del num_hidden_layers, mtp_layers  # rows are MoE layers only
+    log2phy = padded_log2phy(p.phy2log, p.num_logical_experts)
     doc = {
         "layer_ids": [int(x) for x in p.layer_ids],
         "phy2log": p.phy2log.astype(int).tolist(),
@@ -32,6 +35,18 @@ def placement_text(p: Placement, num_hidden_layers: int) -> str:
         "logcnt": p.logcnt().astype(int).tolist(),
     }
     return json.dumps(doc, separators=(",", ":")) + "\n"
+
+
+def padded_log2phy(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
+    """[L, E, R + 1]: each expert's slots in ascending order, then -1 (R = P - E)."""
+    rows, num_slots = phy2log.shape
+    out = np.full((rows, num_experts, num_slots - num_experts + 1), -1, np.int64)
+    for layer in range(rows):
+        seen = np.zeros(num_experts, np.int64)
+        for slot, e in enumerate(phy2log[layer]):
+            out[layer, e, seen[e]] = slot
+            seen[e] += 1
+    return out
 
 
 def is_placement(doc: dict[str, Any]) -> bool:
@@ -83,7 +98,8 @@ def _first_diff(a: np.ndarray, b: np.ndarray) -> str:
 
 
 def _check_log2phy(path: Path, value: Any, p: Placement) -> None:
-    """log2phy [L, E, maxlogcnt]: each expert's slots in phy2log, padded with -1."""
+    """log2phy [L, E, width]: each expert's slots in phy2log, then -1 to the width. Engines take
+    the first `logcnt` entries, so every slot comes before the padding."""
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError, RecursionError):
@@ -94,13 +110,16 @@ def _check_log2phy(path: Path, value: Any, p: Placement) -> None:
             f"{path}: log2phy must be integers [{L} layers, {E} experts, replicas], has shape "
             f"{list(arr.shape)}"
         )
+    logcnt = p.logcnt()
     for layer in range(L):
         for e in range(E):
             slots = arr[layer, e]
-            listed = sorted(int(x) for x in slots if x != -1)
+            n = int(logcnt[layer, e])
             actual = np.flatnonzero(p.phy2log[layer] == e).tolist()
-            if listed != actual:
+            listed = sorted(int(x) for x in slots[:n])
+            if listed != actual or (slots[n:] != -1).any():
+                shown = [int(x) for x in slots if x != -1]
                 raise VibeError(
-                    f"{path}: log2phy[{layer}][{e}] lists slots {listed} but phy2log puts "
-                    f"expert {e} in slots {actual}; the file is inconsistent"
+                    f"{path}: log2phy[{layer}][{e}] lists slots {shown[:8]} (then -1) but phy2log "
+                    f"puts expert {e} in slots {actual[:8]}; the file is inconsistent"
                 )

@@ -4,7 +4,9 @@ Placement: JSON with the single key `physical_to_logical_map`, one row per decod
 passes the keys to `ExpertLocationMetadata.init_by_mapping` as arguments, so extra keys raise
 TypeError). Dumps: `expert_distribution_recorder_*.pt` from the `stat` mode (`logical_count`
 [steps, decoder layers, experts], already summed over ranks) or the `per_pass` mode (`records` of
-`global_physical_count` per rank and forward pass, with `last_physical_to_logical_map`).
+`global_physical_count` per rank and forward pass, with `last_physical_to_logical_map`). Without
+an a2a backend every EP rank routes the same tokens: per_pass records then repeat across ranks
+(counted once here); a stat dump's all-reduced sum cannot be undone (a note says so).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ PLACEMENT_KEY = "physical_to_logical_map"
 PLACEMENT_METHOD = "sglang-file"
 
 
-def placement_text(p: Placement, num_hidden_layers: int) -> str:
+def placement_text(p: Placement, num_hidden_layers: int, mtp_layers: int = 0) -> str:
+    """One row per decoder layer. SGLang's NextN (MTP) draft layer takes no row of this file."""
+    del mtp_layers
     rows = decoder_rows(p, num_hidden_layers)
     body = ",\n    ".join(json.dumps(r, separators=(",", ":")) for r in rows)
     return '{\n  "physical_to_logical_map": [\n    ' + body + "\n  ]\n}\n"
@@ -139,6 +143,12 @@ def _stat(dumps: list[tuple[Path, dict[str, Any]]]) -> EngineDump:
             )
         parts.append(token_counts(arr, f"{f}: logical_count"))
     counts = np.concatenate(parts)
+    notes.append(
+        "SGLang's stat dump sums the counts of every EP rank: with --moe-a2a-backend none (the "
+        "default) every rank routes the same tokens, so the counts are EP times the tokens "
+        "served (the mix of experts is right, the scale is not); record with "
+        "--expert-distribution-recorder-mode per_pass, where vibe detects and undoes this"
+    )
     return EngineDump(
         counts,
         "decoder",
@@ -165,17 +175,20 @@ def _p2l(d: dict[str, Any], f: Path) -> np.ndarray:
 
 
 def _per_pass(dumps: list[tuple[Path, dict[str, Any]]]) -> EngineDump:
-    """Per rank, per forward pass: physical-slot counts; sum ranks, fold replicas to logical.
-    Slots the map marks -1 hold no expert: their counts are dropped."""
-    passes: dict[int, np.ndarray] = {}
+    """Per rank, per forward pass: physical-slot counts; fold replicas to logical, sum ranks.
+    Slots the map marks -1 hold no expert: their counts are dropped. When every rank recorded
+    the same counts for every pass, every rank routed the same tokens (no a2a backend): they
+    are counted once."""
     maps = {f: _p2l(d, f) for f, d in dumps}
     num_logical = max(int(m.max()) + 1 for m in maps.values())
+    per_file: list[dict[int, np.ndarray]] = []
     for f, d in dumps:
         p2l = maps[f]
         used = p2l >= 0
         records = d["records"]
         if not isinstance(records, list):
             raise VibeError(f"{f}: records must be a list of per-pass dicts")
+        passes: dict[int, np.ndarray] = {}
         for i, rec in enumerate(records):
             if not isinstance(rec, dict) or "global_physical_count" not in rec:
                 raise VibeError(f"{f}: record {i} lacks global_physical_count")
@@ -192,12 +205,48 @@ def _per_pass(dumps: list[tuple[Path, dict[str, Any]]]) -> EngineDump:
                 np.add.at(logical[layer], p2l[layer][keep], phys[layer][keep])
             key = _pass_id(rec.get("forward_pass_id", i), f, i)
             passes[key] = passes[key] + logical if key in passes else logical
-    if not passes:
+        per_file.append(passes)
+    notes = []
+    if _same_tokens(per_file):
+        notes.append(
+            f"the {len(per_file)} ranks recorded identical counts for every forward pass: every "
+            "EP rank routed the same tokens (SGLang with --moe-a2a-backend none), so they are "
+            "counted once"
+        )
+        first: dict[int, np.ndarray] = {}
+        for passes in per_file:
+            for key, logical in passes.items():
+                first.setdefault(key, logical)
+        per_file = [first]
+    total: dict[int, np.ndarray] = {}
+    for passes in per_file:
+        for key, logical in passes.items():
+            total[key] = total[key] + logical if key in total else logical
+    if not total:
         raise VibeError("the per_pass dumps hold no records")
-    counts = np.stack([passes[k] for k in sorted(passes)])
+    counts = np.stack([total[k] for k in sorted(total)])
     return EngineDump(
-        counts, "decoder", None, {"mode": "per_pass", "files": [f.name for f, _ in dumps]}
+        counts,
+        "decoder",
+        None,
+        {"mode": "per_pass", "files": [f.name for f, _ in dumps]},
+        notes=notes,
     )
+
+
+def _same_tokens(per_file: list[dict[int, np.ndarray]]) -> bool:
+    """Several ranks, and in every pass two or more of them recorded, the same non-zero counts."""
+    if len(per_file) < 2:
+        return False
+    shared = 0
+    for key in set().union(*per_file):
+        seen = [passes[key] for passes in per_file if key in passes]
+        if len(seen) < 2:
+            continue
+        if not all(np.array_equal(seen[0], other) for other in seen[1:]):
+            return False
+        shared += bool(seen[0].any())
+    return shared > 0
 
 
 def _pass_id(value: Any, f: Path, i: int) -> int:

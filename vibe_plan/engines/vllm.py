@@ -1,7 +1,12 @@
-"""vLLM: per-request `routed_experts` load dumps [seq_len, moe_layers, top_k], as .npy files or
-base64 .npy (or nested lists) in JSONL responses (`--enable-return-routed-experts`).
+"""vLLM: per-request `routed_experts` load dumps, as .npy files or base64 .npy (or nested lists) in
+JSONL responses (`--enable-return-routed-experts`).
 
-vLLM has no startup placement file to read or write (mainline loads no static placement).
+vLLM's capturer sizes its buffer by every decoder layer (`num_hidden_layers` of the text config)
+and indexes it by the decoder-layer index; the buffer starts zeroed and only MoE layers write to
+it, so a dense layer reads as expert 0 for every token. A response's array is
+[tokens - 1, decoder layers, top_k] (the last sampled token is never run), uint8 up to 256
+experts, else uint16. vLLM has no startup placement file to read or write (mainline loads no
+static placement).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ def read_dump(source: Path, num_experts: int | None, batch_tokens: int) -> Engin
         if arr.ndim != 3:
             raise VibeError(
                 f"{where}: routed_experts has shape {list(arr.shape)}; expected "
-                "[seq_len, moe_layers, top_k]"
+                "[tokens, decoder layers, top_k]"
             )
         if shape is not None and arr.shape[1:] != shape:
             raise VibeError(
@@ -67,7 +72,10 @@ def read_dump(source: Path, num_experts: int | None, batch_tokens: int) -> Engin
     rows: list[np.ndarray] = []
     row = np.zeros((n_layers, num_experts), np.int64)
     used = 0
+    only_zero = np.ones(n_layers, bool)  # every pick of the layer is expert 0: vLLM's fill
     for where, arr in arrays:
+        if arr.size:
+            only_zero &= (arr == 0).all(axis=(0, 2))
         if arr.size and int(arr.max()) >= num_experts:
             raise VibeError(f"{where}: expert id {int(arr.max())} >= {num_experts} experts")
         if used and used + arr.shape[0] > batch_tokens:  # requests join batches in order
@@ -81,10 +89,11 @@ def read_dump(source: Path, num_experts: int | None, batch_tokens: int) -> Engin
     rows.append(row)
     return EngineDump(
         np.stack(rows),
-        "moe",
+        "decoder",
         top_k,
         {"requests": len(arrays), "batch_tokens": batch_tokens},
         notes=notes,
+        filler_layers=[int(i) for i in np.flatnonzero(only_zero)],
     )
 
 

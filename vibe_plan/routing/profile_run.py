@@ -15,6 +15,7 @@ from vibe_plan.defaults import BATCH_TOKENS
 from vibe_plan.errors import VibeError
 from vibe_plan.model_config import expert_meta, model_name, moe_facts, read_config
 from vibe_plan.routing.batching import prefill_batches, tokenize_requests
+from vibe_plan.routing.import_run import architecture_of
 from vibe_plan.routing.traces import read_trace
 
 PHASES = ("prefill", "decode", "both")
@@ -63,7 +64,8 @@ def profile_routing_run(
     # Cheap checks first: a bad folder or trace fails before torch and the weights load.
     cfg = read_config(opt.model)
     facts = moe_facts(cfg, model_name(opt.model, cfg), f"{opt.model}/config.json")
-    requests, fmt = read_trace(opt.trace, opt.trace_format, opt.max_requests)
+    trace_notes: list[str] = []
+    requests, fmt = read_trace(opt.trace, opt.trace_format, opt.max_requests, trace_notes)
 
     import torch
 
@@ -81,6 +83,7 @@ def profile_routing_run(
     device = model_device(opt.device)
     tokenizer = load_tokenizer(opt.model, opt.verbose)
     tokens, notes = tokenize_requests(requests, tokenizer, opt.seed, opt.batch_tokens)
+    notes = trace_notes + notes
     batches = prefill_batches(tokens, opt.batch_tokens)
     model = load_model(opt.model, device, opt.dtype, opt.show_progress, opt.verbose)
     routers = find_routers(model)
@@ -119,12 +122,15 @@ def profile_routing_run(
         "num_experts": facts.num_experts,
         "top_k": facts.top_k,
         "num_hidden_layers": facts.num_hidden_layers,
+        "mtp_layers": facts.mtp_layers,  # next-n layers after the decoder (TensorRT-LLM's keys)
         "phase": phase,
         "batch_tokens": opt.batch_tokens,
         "row_tokens": result.row_tokens,
         "source": _source(opt, fmt, len(requests), decode_steps, device, model),
         **expert_meta(facts),
     }
+    if architecture_of(cfg):
+        meta["architecture"] = architecture_of(cfg)
     if phase == "mixed":
         meta["row_phase"] = result.row_phase
     if facts.num_groups:

@@ -153,7 +153,8 @@ def _decode(
     tick: Any,
     cache_kw: str,
 ) -> None:
-    """Sampled decode; a request leaves the batch after its output length (capped at `steps`).
+    """Sampled decode; a request leaves the batch after its output length: N output tokens are
+    the one the prefill sampled plus N - 1 decode passes (capped at `steps`).
 
     Finished requests keep their slot in the tensors (simpler than reshaping the cache) but are
     masked out of the counts, as if the server had dropped them from the batch.
@@ -191,7 +192,9 @@ def _cache(out: Any) -> Any:
 
 
 def _decode_len(r: TokenRequest, steps: int) -> int:
-    return steps if r.output_len is None else min(r.output_len, steps)
+    """Decode passes of a request: a server's prefill already emits the first output token, so
+    an output of N tokens takes N - 1 decode passes (at most `steps`)."""
+    return steps if r.output_len is None else max(0, min(r.output_len - 1, steps))
 
 
 def _add(result: ReplayResult, row: np.ndarray, phase: str, tokens: int) -> None:

@@ -39,8 +39,11 @@ class Request:
     output_text: str | None = None  # ShareGPT reply; its token count is the output length
 
 
-def read_trace(path: str | Path, fmt: str = "auto", max_requests: int = 0) -> tuple[list, str]:
-    """Requests in trace order (at most `max_requests` if > 0) and the format that was read."""
+def read_trace(
+    path: str | Path, fmt: str = "auto", max_requests: int = 0, notes: list[str] | None = None
+) -> tuple[list, str]:
+    """Requests in trace order (at most `max_requests` if > 0) and the format that was read.
+    `notes`, when given, gets what the user should hear (rows skipped as failed requests)."""
     path = Path(path)
     if not path.is_file():
         raise VibeError(f"trace {path} does not exist or is not a file; check the path")
@@ -57,13 +60,27 @@ def read_trace(path: str | Path, fmt: str = "auto", max_requests: int = 0) -> tu
         "mooncake": _mooncake,
     }[fmt]
     requests: list[Request] = []
-    for req in reader(path):
+    skipped = _Skipped()
+    for req in reader(path, skipped):
         requests.append(req)
         if max_requests and len(requests) >= max_requests:
             break
+    if skipped.failed and notes is not None:
+        notes.append(
+            f"{path.name}: skipped {skipped.failed:,} failed request(s) (BurstGPT logs a failure "
+            "with Response tokens 0)"
+        )
     if not requests:
-        raise VibeError(f"{path}: the trace holds no requests; nothing to replay")
+        failed = f" (its {skipped.failed:,} rows are failed requests)" if skipped.failed else ""
+        raise VibeError(f"{path}: the trace holds no requests{failed}; nothing to replay")
     return requests, fmt
+
+
+@dataclass
+class _Skipped:
+    """Rows a reader left out, counted for the notes."""
+
+    failed: int = 0
 
 
 def trace_format(path: Path) -> str:
@@ -205,7 +222,7 @@ def _count(value: Any, path: Path, n: int, field: str, allow_zero: bool = True) 
     return count
 
 
-def _jsonl(path: Path) -> Iterator[Request]:
+def _jsonl(path: Path, skipped: _Skipped) -> Iterator[Request]:
     for n, obj in _json_lines(path):
         out = obj.get("output_len", obj.get("max_tokens"))
         out_len = _count(out, path, n, "output_len") if out is not None else None
@@ -220,7 +237,7 @@ def _jsonl(path: Path) -> Iterator[Request]:
             raise VibeError(f'{path}:{n}: needs a non-empty "prompt" string or "messages" list')
 
 
-def _sharegpt(path: Path) -> Iterator[Request]:
+def _sharegpt(path: Path, skipped: _Skipped) -> Iterator[Request]:
     try:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
@@ -266,7 +283,7 @@ def _csv_rows(path: Path, needed: tuple[str, ...]) -> Iterator[tuple[int, dict[s
         raise VibeError(f"{path}:{at}: not a readable CSV row ({e})") from None
 
 
-def _azure(path: Path) -> Iterator[Request]:
+def _azure(path: Path, skipped: _Skipped) -> Iterator[Request]:
     for n, row in _csv_rows(path, ("TIMESTAMP", "ContextTokens", "GeneratedTokens")):
         inp = _count(row["ContextTokens"], path, n, "ContextTokens")
         out = _count(row["GeneratedTokens"], path, n, "GeneratedTokens")
@@ -274,15 +291,17 @@ def _azure(path: Path) -> Iterator[Request]:
             yield Request(line=n, input_len=inp, output_len=out)
 
 
-def _burstgpt(path: Path) -> Iterator[Request]:
+def _burstgpt(path: Path, skipped: _Skipped) -> Iterator[Request]:
     for n, row in _csv_rows(path, ("Request tokens", "Response tokens")):
         inp = _count(row["Request tokens"], path, n, "Request tokens")
         out = _count(row["Response tokens"], path, n, "Response tokens")
-        if inp > 0:  # failed requests are logged with zero tokens
-            yield Request(line=n, input_len=inp, output_len=out)
+        if out == 0 or inp == 0:  # BurstGPT logs a failed request with Response tokens 0
+            skipped.failed += 1
+            continue
+        yield Request(line=n, input_len=inp, output_len=out)
 
 
-def _mooncake(path: Path) -> Iterator[Request]:
+def _mooncake(path: Path, skipped: _Skipped) -> Iterator[Request]:
     for n, obj in _json_lines(path):
         if "input_length" not in obj:
             raise VibeError(f'{path}:{n}: a Mooncake line needs "input_length"')
