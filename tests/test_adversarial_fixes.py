@@ -153,3 +153,35 @@ def test_placement_file_rejects_boolean_ids_and_unknown_rules(vibe, inputs):
         (out / "bad.json").write_text(json.dumps(bad))
         r = vibe("evaluate", "--gpus", gpus, "--routing", routing, out / "bad.json")
         assert r.code == 2 and r.err.count("error:") == 1 and needle in r.err, r.err
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_output_into_the_checkpoint_is_refused(vibe, tmp_path, name):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "mixtral"}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"prompt": "a b c"}\n')
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    r = vibe("profile-routing", "--model", model, "--trace", trace, "--out", model / name)
+    assert r.code == 2 and r.err.count("error:") == 1 and f"--model's {name}" in r.err
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+
+
+def test_nan_router_weights_are_a_corrupt_checkpoint(vibe, tmp_path):
+    pytest.importorskip("transformers")
+    from routing_models import build_tiny_model
+    from safetensors.torch import load_file, save_file
+
+    model = build_tiny_model("qwen3_moe", tmp_path / "m")
+    weights = load_file(model / "model.safetensors")
+    for key in [k for k in weights if k.endswith("mlp.gate.weight")]:
+        weights[key] = weights[key] * float("nan")
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    trace = tmp_path / "t.jsonl"
+    trace.write_text('{"prompt": "w1 w2 w3"}\n')
+    out = tmp_path / "r.npz"
+    r = vibe("profile-routing", "--model", model, "--trace", trace, "--out", out, "--device", "cpu")
+    assert r.code == 2 and r.err.count("error:") == 1 and "NaN or infinite" in r.err, r.err
+    assert not out.exists()

@@ -92,6 +92,7 @@ def profile_routing_run(
             f"no router modules found in {type(model).__name__} (looked for module names "
             f"matching {ROUTER_NAME.pattern}); this architecture is not supported yet"
         )
+    _check_router_weights(routers)
     layer_ids = list(routers)
     if layer_ids != facts.moe_layers:
         notes.append(
@@ -170,3 +171,17 @@ def _source(
         "model_class": type(model).__name__,
         "transformers": transformers.__version__,
     }
+
+
+def _check_router_weights(routers: dict[int, Any]) -> None:
+    """A router with NaN or infinite weights picks the same experts for every token: the profile
+    would be garbage that looks like data."""
+    import torch
+
+    for layer, module in routers.items():
+        for name, param in module.named_parameters():
+            if param.is_floating_point() and not bool(torch.isfinite(param).all()):
+                raise VibeError(
+                    f"decoder layer {layer}'s router weight {name} holds NaN or infinite values; "
+                    "the checkpoint is corrupt: re-download or re-convert it"
+                )
