@@ -585,3 +585,73 @@ def test_eplb_log2phy_is_padded_to_redundant_plus_one(tmp_path):
     (tmp_path / "n.json").write_text(json.dumps({**doc, "log2phy": narrow.tolist()}))
     with pytest.raises(VibeError, match="inconsistent"):
         load_placement(tmp_path / "n.json", 2, [1, 2], 4)
+
+
+# --- dumps of another model, or corrupt: refused -------------------------------------------------
+
+
+def test_vllm_top_k_other_than_the_models_is_refused(vibe, model, tmp_path):
+    """[tokens, layers, 4] picks per token for a model whose top-k is 2: the profile would say
+    top-k 2 and count 4 picks a token."""
+    rng = np.random.default_rng(10)
+    arr = np.zeros((50, NH, 4), np.uint8)
+    for layer in MOE:
+        arr[:, layer] = _topk(rng, 50, k=4)
+    np.save(tmp_path / "v.npy", arr)
+    err = _refused(vibe, tmp_path / "v.npy", tmp_path / "o.npz", "--quiet", "--model", model)
+    assert err.count("\n") == 1 and "error: " in err
+    assert "4 experts (top-k 4)" in err and "top-k is 2" in err and "this model?" in err
+
+
+def test_trtllm_top_k_other_than_the_models_is_refused(vibe, model, tmp_path):
+    stats, _ = _trt_run(np.random.default_rng(11), ranks=1, iters=range(2))
+    dump = stats.save(tmp_path / "stats")
+    (dump / "meta_info.json").write_text(json.dumps({"num_experts": E, "num_experts_per_token": 8}))
+    err = _refused(vibe, dump, tmp_path / "o.npz", "--quiet", "--model", model)
+    assert err.count("\n") == 1
+    assert "top-k 8" in err and "top-k is 2" in err and "this model?" in err
+
+
+def test_trtllm_layer_beyond_the_mtp_layers_is_refused(vibe, model, tmp_path):
+    """Layer 5 is the model's one MTP layer (num_hidden_layers + 0); layer 9 is no layer of it."""
+    rng = np.random.default_rng(12)
+    stats, _ = _trt_run(rng, ranks=1, iters=range(2), mtp=False)
+    for it in range(2):
+        stats.add(0, it, 9, _topk(rng, 3))
+    dump = stats.save(tmp_path / "stats")
+    err = _refused(vibe, dump, tmp_path / "o.npz", "--quiet", "--model", model)
+    assert err.count("\n") == 1
+    assert "layers [9] but the model has 5 decoder layers and 1 MTP layers" in err
+    assert "this model?" in err
+
+
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+def test_counts_on_a_dense_layer_are_refused(vibe, model, tmp_path, engine):
+    """Layer 0 is dense (first_k_dense_replace 2): SGLang leaves it zero and vLLM fills it with
+    expert 0; routed counts there mean the dump is of another model."""
+    rng = np.random.default_rng(13)
+    if engine == "sglang":
+        torch = torch_or_skip("torch")
+        buffer = np.zeros((3, NH, E), np.int32)
+        for layer in [0, *MOE]:
+            buffer[:, layer] = _count(_topk(rng, 5))
+        src = tmp_path / "expert_distribution_recorder_1767000000.1.pt"
+        torch.save({"rank": 0, "logical_count": torch.from_numpy(buffer)}, src)
+    else:
+        arr = vllm_routed_experts({layer: _topk(rng, 9) for layer in [0, *MOE]}, 9)
+        src = tmp_path / "r.npy"
+        np.save(src, arr)
+    err = _refused(vibe, src, tmp_path / "o.npz", "--quiet", "--model", model)
+    assert err.count("\n") == 1
+    assert "counts for decoder layers [0], which are dense" in err
+
+
+def test_vllm_expert_listed_twice_for_a_token_is_refused(vibe, model, tmp_path):
+    """All zeros: every token picks expert 0 K times in the MoE layers too. Dense layers read
+    that way by design (and are dropped), MoE layers never."""
+    np.save(tmp_path / "z.npy", np.zeros((10, NH, K), np.uint8))
+    err = _refused(vibe, tmp_path / "z.npy", tmp_path / "o.npz", "--quiet", "--model", model)
+    assert err.count("\n") == 1
+    assert "same expert twice for one token in layers [2, 3, 4]" in err
+    err = _refused(vibe, tmp_path / "z.npy", tmp_path / "o.npz", "--quiet")  # no --model
+    assert "same expert twice" in err

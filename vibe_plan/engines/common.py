@@ -27,6 +27,9 @@ class EngineDump:
     # Layers of axis 1 the engine filled without routing (vLLM writes expert 0 for every token of
     # a dense layer): dropped when no model config says which layers are MoE layers.
     filler_layers: list[int] = field(default_factory=list)
+    # Layers of axis 1 where some token lists one expert twice (vLLM's per-token ids): a router
+    # never does that, so a kept (MoE) layer with one is a corrupt dump.
+    repeat_layers: list[int] = field(default_factory=list)
 
 
 def decoder_rows(p: Placement, num_hidden_layers: int) -> list[list[int]]:

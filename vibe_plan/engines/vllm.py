@@ -73,9 +73,14 @@ def read_dump(source: Path, num_experts: int | None, batch_tokens: int) -> Engin
     row = np.zeros((n_layers, num_experts), np.int64)
     used = 0
     only_zero = np.ones(n_layers, bool)  # every pick of the layer is expert 0: vLLM's fill
+    repeats = np.zeros(n_layers, bool)  # a token lists one expert twice: no router does that
     for where, arr in arrays:
         if arr.size:
             only_zero &= (arr == 0).all(axis=(0, 2))
+            picks = np.sort(arr, axis=2)
+            repeats |= ((picks[..., 1:] == picks[..., :-1]) & (picks[..., 1:] >= 0)).any(
+                axis=(0, 2)
+            )
         if arr.size and int(arr.max()) >= num_experts:
             raise VibeError(f"{where}: expert id {int(arr.max())} >= {num_experts} experts")
         if used and used + arr.shape[0] > batch_tokens:  # requests join batches in order
@@ -94,6 +99,7 @@ def read_dump(source: Path, num_experts: int | None, batch_tokens: int) -> Engin
         {"requests": len(arrays), "batch_tokens": batch_tokens},
         notes=notes,
         filler_layers=[int(i) for i in np.flatnonzero(only_zero)],
+        repeat_layers=[int(i) for i in np.flatnonzero(repeats)],
     )
 
 

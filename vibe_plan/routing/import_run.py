@@ -84,6 +84,13 @@ class _Import:
     def profile(
         self, dump: EngineDump, batch_tokens: int | None, architecture: str | None
     ) -> RoutingProfile:
+        facts = self.facts
+        if facts is not None and dump.top_k and dump.top_k != facts.top_k:
+            raise VibeError(
+                f"the {self.engine} dump routes each token to {dump.top_k} experts (top-k "
+                f"{dump.top_k}) but the model config's top-k is {facts.top_k}; is it a dump of "
+                "this model?"
+            )
         counts, layer_ids = self._layers(dump)
         if not layer_ids:
             raise VibeError(f"the {self.engine} dump records no expert loads (all counts are zero)")
@@ -92,7 +99,6 @@ class _Import:
         if not keep.any():
             raise VibeError(f"the {self.engine} dump records no expert loads (all counts are zero)")
         counts = counts[keep]  # unfilled buffer slots and idle passes carry no information
-        facts = self.facts
         top_k = facts.top_k if facts else dump.top_k
         source: dict[str, Any] = {
             "kind": "import",
@@ -140,8 +146,13 @@ class _Import:
         if dump.layer_axis == "decoder":
             if facts is not None:
                 if n_layers == facts.num_hidden_layers:
+                    self._dense_empty(
+                        dump, [i for i in range(n_layers) if i not in facts.moe_layers]
+                    )
+                    self._no_repeats(dump, list(facts.moe_layers))
                     return counts[:, facts.moe_layers, :], list(facts.moe_layers)
                 if self.engine == "vllm" and n_layers == len(facts.moe_layers):
+                    self._no_repeats(dump, list(range(n_layers)))
                     return counts, list(facts.moe_layers)  # revisions with MoE layers only
                 raise VibeError(
                     f"the {self.engine} dump has {n_layers} layers, the model has "
@@ -160,6 +171,7 @@ class _Import:
                 )
             else:
                 layer_ids = [i for i in range(n_layers) if routed[i]]
+            self._no_repeats(dump, layer_ids)
             return counts[:, layer_ids, :], layer_ids
         if facts is not None:  # an axis of MoE layers only
             if n_layers != len(facts.moe_layers):
@@ -173,6 +185,32 @@ class _Import:
             "--model so the profile carries the real decoder-layer ids"
         )
         return counts, list(range(n_layers))
+
+    def _dense_empty(self, dump: EngineDump, dense: list[int]) -> None:
+        """Dense decoder layers route nothing: SGLang leaves them zero, vLLM fills them with
+        expert 0 (its zeroed buffer). Counts beyond that mean the dump is not of this model.
+        A dump with another expert count is refused by `_experts`, with that more telling reason."""
+        if self.facts is not None and dump.counts.shape[2] != self.facts.num_experts:
+            return
+        counts = dump.counts[:, dense, :]
+        if self.engine == "vllm":
+            counts = counts[:, :, 1:]
+        routed = [layer for li, layer in enumerate(dense) if counts[:, li].any()]
+        if routed:
+            raise VibeError(
+                f"the {self.engine} dump has counts for decoder layers {_ids(routed)}, which "
+                "are dense in the model config; is it a dump of this model?"
+            )
+
+    def _no_repeats(self, dump: EngineDump, axis: list[int]) -> None:
+        """A router picks distinct experts for a token: a kept layer (axis-1 index) where a token
+        lists one expert twice is a corrupt dump."""
+        bad = [i for i in axis if i in dump.repeat_layers]
+        if bad:
+            raise VibeError(
+                f"the {self.engine} dump lists the same expert twice for one token in layers "
+                f"{_ids(bad)}; a router picks distinct experts: is the dump corrupt?"
+            )
 
     def _named_layers(self, counts: np.ndarray, ids: list[int]) -> tuple[np.ndarray, list[int]]:
         """TensorRT-LLM's layers, keyed by decoder layer; its MTP layers come after the last
@@ -198,6 +236,13 @@ class _Import:
                 raise VibeError(
                     f"the {self.engine} dump has layers {_ids(mtp)} but the model has {nh} "
                     "decoder layers and no MTP layers; is it a dump of this model?"
+                )
+            beyond = [i for i in mtp if i >= nh + facts.mtp_layers]
+            if beyond:
+                raise VibeError(
+                    f"the {self.engine} dump has layers {_ids(beyond)} but the model has {nh} "
+                    f"decoder layers and {facts.mtp_layers} MTP layers (layers {nh}.."
+                    f"{nh + facts.mtp_layers - 1}); is it a dump of this model?"
                 )
             if mtp:
                 self.notes.append(
