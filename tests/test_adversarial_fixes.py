@@ -190,3 +190,40 @@ def test_nan_router_weights_are_a_corrupt_checkpoint(vibe, tmp_path):
     r = vibe("profile-routing", "--model", model, "--trace", trace, "--out", out, "--device", "cpu")
     assert r.code == 2 and r.err.count("error:") == 1 and "NaN or infinite" in r.err, r.err
     assert not out.exists()
+
+
+def test_full_stdout_or_stderr_device_cuts_the_report_not_the_run(inputs):
+    gpus, routing, out = inputs
+    args = solve_args(gpus, routing, out / "p.json")
+    with open("/dev/full", "w") as full:
+        ok = subprocess.run([sys.executable, "-m", "vibe_plan", *args], stdout=full,
+                            stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+        assert ok.returncode == 0 and "Traceback" not in ok.stderr, ok.stderr
+        assert (out / "p.json").is_file()
+        bad = subprocess.run([sys.executable, "-m", "vibe_plan", "solve", "--gpus", "nope.yaml",
+                              "--routing", routing, "--out", out / "q.json"],
+                             stdout=subprocess.PIPE, stderr=full, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and not (out / "q.json").exists()
+
+
+def test_profile_gpus_never_writes_into_the_checkpoint(vibe, tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    cfg = '{"model_type": "mixtral", "hidden_size": 64, "intermediate_size": 128, '
+    cfg += '"num_local_experts": 8, "num_experts_per_tok": 2, "num_hidden_layers": 2}'
+    (model / "config.json").write_text(cfg)
+    r = vibe("profile-gpus", "--model", model, "--device", "cpu", "--out", model / "config.json")
+    assert r.code == 2 and r.err.count("error:") == 1 and "--model's config.json" in r.err
+    assert (model / "config.json").read_text() == cfg
+
+
+def test_attached_short_output_option_with_a_trailing_slash(vibe, tmp_path):
+    r = vibe("profile-gpus", "--model", "mixtral-8x7b", "--device", "cpu", f"-o{tmp_path}/d/")
+    assert r.code == 2 and "names a folder" in r.err
+    assert not (tmp_path / "d").exists()
+
+
+def test_simulate_refuses_a_rate_too_small_to_resolve(vibe, tmp_path):
+    r = vibe("simulate", "--gpus", "g.yaml", "--routing", "r.npz", "--trace", "t.jsonl",
+             "p.json", "--rate", "1e-12")  # fmt: skip
+    assert r.code == 2 and r.err.count("error:") == 1 and "higher rate" in r.err

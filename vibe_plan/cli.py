@@ -97,6 +97,8 @@ def _check_file_outputs(args: list[str]) -> None:
         return
     for i, arg in enumerate(args):
         name, eq, value = arg.partition("=")
+        if arg.startswith("-o") and len(arg) > 2 and not arg.startswith("--"):
+            name, eq, value = "-o", "=", arg[2:]  # -oPATH: the short option with its value
         if name in _FILE_OUTPUTS and not eq and i + 1 < len(args):
             value = args[i + 1]
         elif name not in _FILE_OUTPUTS:
@@ -197,9 +199,10 @@ def _stop_signals() -> Iterator[set[int]]:
 
 
 class _PipeSafe:
-    """A text stream that becomes a sink when its reader goes away (`vibe solve ... | head -1`):
-    the rest of the report is dropped, the run goes on, writes its files and exits as it would
-    have (0 on success). Python ignores SIGPIPE, so a closed pipe raises BrokenPipeError."""
+    """A text stream that becomes a sink when it cannot be written: its reader went away
+    (`vibe solve ... | head -1`: Python ignores SIGPIPE, so BrokenPipeError) or its device is full
+    or failing (`> /dev/full`). The rest of the report is dropped, the run goes on, writes its
+    files and exits as it would have (0 on success, 2 after an `error:` line)."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -209,7 +212,7 @@ class _PipeSafe:
         if not self._closed:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
+            except OSError:  # EPIPE, ENOSPC, EIO
                 self._sink()
         return len(text)
 
@@ -217,7 +220,7 @@ class _PipeSafe:
         if not self._closed:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
+            except OSError:
                 self._sink()
 
     def _sink(self) -> None:

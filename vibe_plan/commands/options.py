@@ -33,3 +33,12 @@ OriginOpt = Annotated[
         "balanced), or comma-separated weights per rank or per node.",
     ),
 ]
+
+
+def model_files(model: Path) -> list[tuple[str, Path]]:
+    """--model and, for a checkpoint folder, every file in it: an output must not replace its
+    config or weights (for `check_distinct`)."""
+    files = [("--model", model)]
+    if model.is_dir():
+        files += [(f"--model's {p.name}", p) for p in sorted(model.iterdir()) if p.is_file()]
+    return files

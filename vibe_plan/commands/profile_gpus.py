@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from vibe_plan.commands.options import model_files
+
 
 def profile_gpus(
     out: Annotated[Path, typer.Option("--out", "-o", help="GPU profile YAML to write.")],
@@ -96,8 +98,8 @@ def profile_gpus(
     from vibe_plan.gpus.sweep import ProfileRequest
 
     inputs = [("--base", base)] if base is not None else []
-    if model is not None and Path(model).is_file():  # a config.json; a preset is just a name
-        inputs.append(("--model", Path(model)))
+    if model is not None and Path(model).exists():  # a config.json or a checkpoint folder
+        inputs += model_files(Path(model))
     check_distinct([("--out", out)], inputs)
     # Under torchrun only rank 0 writes, and only node 0 needs the --out folder (measure checks).
     if os.environ.get("RANK", "0") == "0":

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from vibe_plan.commands.options import model_files
 from vibe_plan.defaults import BATCH_TOKENS
 
 if TYPE_CHECKING:  # numpy-backed; kept out of `vibe --help`'s imports
@@ -76,7 +77,7 @@ def profile_routing(
     from vibe_plan.console import interactive, token_progress, warn
     from vibe_plan.routing.profile_run import ProfileOptions, profile_routing_run
 
-    check_distinct([("--out", out)], [("--trace", trace), *_model_files(model)])
+    check_distinct([("--out", out)], [("--trace", trace), *model_files(model)])
     check_writable(out, "--out")  # before the model loads and the replay runs
     with token_progress("replaying", quiet) as on_tokens:
         run = profile_routing_run(
@@ -145,7 +146,7 @@ def import_routing(
 
     if batch_tokens < 1:
         raise VibeError(f"--batch-tokens is {batch_tokens}; it must be at least 1")
-    inputs = [("the source", source), *(_model_files(model) if model is not None else [])]
+    inputs = [("the source", source), *(model_files(model) if model is not None else [])]
     inputs += [("--placement", placement)] if placement is not None else []
     check_distinct([("--out", out)], inputs)
     check_writable(out, "--out")
@@ -166,12 +167,3 @@ def _report(p: RoutingProfile, out: Path, quiet: bool, tokens: int = 0, secs: fl
     console.print(summary_table(p, f"expert load per MoE layer ({p.meta['phase']})"))
     rate = f"; {tokens:,} tokens in {secs:.1f} s ({tokens / secs:,.0f} tokens/s)" if secs else ""
     console.print(f"wrote {out}: counts {shape} (batches x MoE layers x experts){rate}")
-
-
-def _model_files(model: Path) -> list[tuple[str, Path]]:
-    """The checkpoint folder and every file in it: an output must not replace its config or
-    weights."""
-    files = [("--model", model)]
-    if model.is_dir():
-        files += [(f"--model's {p.name}", p) for p in sorted(model.iterdir()) if p.is_file()]
-    return files

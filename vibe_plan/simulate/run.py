@@ -22,6 +22,7 @@ from vibe_plan.simulate.workload import (
     TraceRequests,
     Workload,
     check_positive,
+    check_rate,
     poisson_workload,
     trace_workload,
 )
@@ -82,7 +83,7 @@ def check_options(o: SimulateOptions) -> None:
         if not o.rates:
             raise VibeError("--rates is empty; give at least one rate")
         for r in o.rates:
-            check_positive(r, "--rate")
+            check_rate(r, "--rate")
     if o.duration_s is not None:
         check_positive(o.duration_s, "--duration")
     check_positive(o.slo_ttft_s, "--slo-ttft")

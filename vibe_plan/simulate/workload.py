@@ -124,7 +124,7 @@ def poisson_workload(
     lengths (cycling over the trace). Without `duration_s`, one pass over the trace; with it,
     every arrival before `duration_s`. The gaps are one seeded stream of unit exponentials scaled
     by 1/rate, so every rate sees the same requests in the same order (common random numbers)."""
-    check_positive(rate, "--rate")
+    check_rate(rate, "--rate")
     rng = np.random.default_rng([seed, 0x5EED])
     n_trace = len(trace.input_len)
     if duration_s is None:
@@ -182,12 +182,26 @@ def check_positive(value: float, name: str) -> None:
         raise VibeError(f"{name} is {value}; it must be a positive finite number")
 
 
+# Below this rate, arrival times grow so large (one request per ~12 days) that float seconds no
+# longer resolve microsecond service times: latencies would come out as 0.
+MIN_RATE = 1e-6
+
+
+def check_rate(value: float, name: str) -> None:
+    check_positive(value, name)
+    if value < MIN_RATE:
+        raise VibeError(
+            f"{name} is {value} requests/s, below {MIN_RATE:g}: arrivals that far apart leave "
+            "nothing to simulate and swallow the service times; give a higher rate"
+        )
+
+
 def parse_rates(rate: float | None, rates: str | None) -> list[float] | None:
     """--rate R or --rates a,b,c -> the list of rates; None: replay the trace's times."""
     if rate is not None and rates is not None:
         raise VibeError("give --rate or --rates, not both")
     if rate is not None:
-        check_positive(rate, "--rate")
+        check_rate(rate, "--rate")
         return [float(rate)]
     if rates is None:
         return None
@@ -199,7 +213,7 @@ def parse_rates(rate: float | None, rates: str | None) -> list[float] | None:
             raise VibeError(
                 f"--rates {rates!r}: {part!r} is not a number; give comma-separated requests/s"
             ) from None
-        check_positive(value, "a --rates entry")
+        check_rate(value, "a --rates entry")
         out.append(value)
     if len(set(out)) != len(out):
         raise VibeError(f"--rates {rates!r} repeats a rate; give each rate once")
