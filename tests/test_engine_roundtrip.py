@@ -343,7 +343,9 @@ def test_sglang_stat_dump_warns_about_ep_copies(vibe, model, tmp_path):
         },
         tmp_path / "expert_distribution_recorder_1767000000.123.pt",
     )
-    p, warns = _import(vibe, tmp_path, tmp_path / "a.npz", "--model", model)
+    p, warns = _import(
+        vibe, tmp_path, tmp_path.with_name(tmp_path.name + "-a.npz"), "--model", model
+    )
     assert p.layer_ids.tolist() == MOE and np.array_equal(p.counts, buffer[:4][:, MOE])
     assert any("EP times the tokens served" in w for w in warns), warns
 
@@ -392,7 +394,9 @@ def test_sglang_per_pass_ranks(vibe, model, tmp_path, a2a):
                 per_rank[rank].append((fp, local))
     for rank in range(ranks):
         _sglang_per_pass(tmp_path, rank, per_rank[rank], p2l)
-    p, warns = _import(vibe, tmp_path, tmp_path / "a.npz", "--model", model)
+    p, warns = _import(
+        vibe, tmp_path, tmp_path.with_name(tmp_path.name + "-a.npz"), "--model", model
+    )
     assert np.array_equal(p.counts, truth)
     once = any("counted once" in w for w in warns)
     assert once == (a2a == "none"), warns

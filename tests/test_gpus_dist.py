@@ -26,7 +26,8 @@ TINY = {
 
 
 def test_torchrun_two_cpu_ranks_gather_into_one_profile(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(TINY))
     out = tmp_path / "gpus.yaml"
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
@@ -42,7 +43,7 @@ def test_torchrun_two_cpu_ranks_gather_into_one_profile(tmp_path):
         "vibe_plan",
         "profile-gpus",
         "--model",
-        str(tmp_path),
+        str(tmp_path / "model"),
         "--out",
         str(out),
         "--device",

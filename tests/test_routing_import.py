@@ -48,7 +48,15 @@ def test_sglang_stat(vibe, ds3, tmp_path):
     assert p.layer_ids.tolist() == [1, 2] and p.num_hidden_layers == 3
     assert np.array_equal(p.counts, np.delete(counts, 3, axis=0)[:, 1:].astype(np.int64))
     assert p.meta["source"]["engine"] == "sglang" and p.meta["phase"] == "mixed"
-    q = run(vibe, tmp_path, tmp_path / "b.npz", "--model", ds3, "--format", "sglang")
+    q = run(
+        vibe,
+        tmp_path,
+        tmp_path.with_name(tmp_path.name + "-b.npz"),
+        "--model",
+        ds3,
+        "--format",
+        "sglang",
+    )
     assert q.layer_ids.tolist() == [1, 2] and q.meta["num_groups"] == 4
     assert q.meta["shared_experts"]["count"] == 1 and q.meta["top_k"] == 2
 
@@ -74,7 +82,7 @@ def test_sglang_per_pass_sums_ranks_and_folds_replicas(vibe, tmp_path):
             {"records": records, "last_physical_to_logical_map": p2l},
             tmp_path / f"expert_distribution_recorder_1.0_{rank}.pt",
         )
-    p = run(vibe, tmp_path, tmp_path / "r.npz")
+    p = run(vibe, tmp_path, tmp_path.with_name(tmp_path.name + "-r.npz"))
     assert p.meta["source"]["mode"] == "per_pass"
     assert np.array_equal(p.counts, expected)
 

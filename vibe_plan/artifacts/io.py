@@ -107,7 +107,8 @@ def check_writable(path: str | Path, what: str = "output") -> Path:
 def check_distinct(
     outputs: Sequence[tuple[str, Path]], inputs: Sequence[tuple[str, Path]] = ()
 ) -> None:
-    """Refuse, before any work, an output that is one of the inputs or another output.
+    """Refuse, before any work, an output that is one of the inputs, lies inside an input folder,
+    or is another output.
 
     Each entry is (option name, path). Paths are compared resolved (symlinks, `..`) and, where
     both exist, as files (hard links). Character devices such as /dev/null never conflict.
@@ -118,6 +119,15 @@ def check_distinct(
                 raise VibeError(
                     f"{name} {path} is also {other}; writing it would replace that input: "
                     f"give {name} another path"
+                )
+            if (
+                os.path.isdir(src)
+                and Path(os.path.realpath(src)) in Path(os.path.realpath(path)).parents
+            ):
+                # An input folder (a checkpoint, an engine's dump folder) is read whole: a file
+                # written into it would be read back as part of it next time.
+                raise VibeError(
+                    f"{name} {path} is inside {other} {src}; write it outside that input folder"
                 )
         for other, prev in outputs[:i]:
             if _same_file(path, prev):
