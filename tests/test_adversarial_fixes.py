@@ -242,3 +242,13 @@ def test_an_output_inside_an_input_folder_is_refused(vibe, tmp_path):
     r = vibe("import-routing", dump, "--out", dump / "r.npz")
     assert r.code == 2 and r.err.count("error:") == 1 and "inside the source" in r.err
     assert sorted(p.name for p in dump.iterdir()) == ["a.npy"]
+
+
+def test_a_curve_that_falls_with_more_tokens_is_refused(vibe, inputs):
+    gpus, routing, out = inputs
+    doc = yaml.safe_load(gpus.read_text())
+    doc["gpus"][0]["curve"]["time_us"] = sorted(doc["gpus"][0]["curve"]["time_us"], reverse=True)
+    gpus.write_text(yaml.safe_dump(doc))
+    r = vibe(*solve_args(gpus, routing, out / "p.json"))
+    assert r.code == 2 and r.err.count("error:") == 1 and "gpus[0].curve.time_us" in r.err
+    assert not (out / "p.json").exists()

@@ -130,7 +130,26 @@ def _parse_curve(path: Path | str, where: str, raw: Any) -> GpuCurve:
                 f"{where}.{key}",
                 f"has {len(values)} values but tokens has {len(tokens)}; they must match",
             )
+    _check_rising(path, f"{where}.time_us", tokens, curve.time_us)
     return curve
+
+
+# Measured medians wobble (the cost model takes the running maximum), but no kernel gets twice as
+# fast with more tokens: a curve that falls that far is corrupted or edited, not measured.
+MAX_DROP = 0.5
+
+
+def _check_rising(path: Path | str, where: str, tokens: list[int], times: list[float]) -> None:
+    peak = 0.0
+    for n, t in zip(tokens, times, strict=True):
+        if t < peak * MAX_DROP:
+            raise VibeError.at(
+                path,
+                where,
+                f"falls to {t:g} us at {n} tokens from {peak:g} us at fewer tokens; a measured "
+                "curve does not halve with more tokens: re-run profile-gpus (was it edited?)",
+            )
+        peak = max(peak, t)
 
 
 def _expert_shape(path: Path | str, exp: Any) -> ExpertShape:
