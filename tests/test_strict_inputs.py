@@ -153,11 +153,21 @@ def test_gpu_profile_for_another_expert_shape_is_refused(vibe, planned):
     assert r.code == 0, r.err
 
 
-def test_profiled_expert_count_differs_warns(vibe, inputs):
+def test_profiled_expert_count_differs(vibe, inputs):
+    from vibe_plan.artifacts import load_routing_profile, save_routing_profile
+
     gpus, routing, out = inputs
     doc = gpu_dict(SPEEDS)
     doc["method"]["model"] = {"name": "qwen3-30b-a3b", "num_experts": 128, "top_k": 8}
     write_gpus(gpus, doc=doc)
+    # Nothing else ties the profiles to one model: another expert count is another model.
+    r = vibe(*_solve(gpus, routing, out / "p.json"))
+    assert r.code == 2 and r.err.count("error:") == 1 and "different models" in r.err, r.err
+    assert not (out / "p.json").exists()
+    # The routing profile records the same expert FFN: the times apply; a warning only.
+    rp = load_routing_profile(routing)
+    rp.meta["expert"] = {"hidden": 64, "intermediate": 128, "gated": True}
+    save_routing_profile(rp, routing)
     r = vibe(*_solve(gpus, routing, out / "p.json"))
     assert r.code == 0, r.err
     assert any("128 experts" in w and "16" in w for w in _warnings(r.err)), r.err

@@ -339,7 +339,9 @@ def check_model_fit(
 ) -> list[str]:
     """Refuse a GPU profile measured for another expert FFN shape than the routing profile's model
     (`expert`: its (hidden, intermediate, gated), None where the routing meta does not record it);
-    warn where the expert counts the two profiles record differ. Returns the warnings."""
+    where the expert counts the two profiles record differ, refuse when nothing else shows they
+    are for one model, else warn (the same expert FFN, so the times still apply). Returns the
+    warnings."""
     e = profile.expert
     if expert is not None and (e.hidden, e.intermediate, e.gated) != tuple(expert):
         ours = _shape(e.hidden, e.intermediate, e.gated)
@@ -350,6 +352,13 @@ def check_model_fit(
         )
     notes = []
     profiled = profile_num_experts(profile)
+    if profiled is not None and profiled != num_experts and expert is None:
+        # Nothing else ties the two profiles together: another expert count is another model.
+        raise VibeError(
+            f"{gpus_path}: profiled for a model with {profiled} experts (method.model), but "
+            f"{routing_path} has {num_experts}: the profiles are for different models; profile "
+            "the GPUs for this model (vibe profile-gpus --model MODEL)"
+        )
     if profiled is not None and profiled != num_experts:
         notes.append(
             f"{gpus_path}: profiled for a model with {profiled} experts (method.model), but "
