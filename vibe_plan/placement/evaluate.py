@@ -132,6 +132,31 @@ class EvaluateRun:
     scores: list[Score]
     rule: Dispatch
     notes: list[str]  # per placement: map warnings, split approximations
+    gpus: GpuProfile
+    routing: RoutingProfile  # the batches scored (those that route any token)
+    placements: list[Placement]  # as read, in the order given
+
+
+def load_placements(
+    placements: list[Path], gp: GpuProfile, rp: RoutingProfile, gpus_path: Path
+) -> tuple[list[Placement], list[str]]:
+    """Every placement file (any format the engines module reads), checked against the profiles,
+    with its notes: map warnings, and a plan made for another fleet or other inputs."""
+    from vibe_plan.artifacts.io import sha256_file
+    from vibe_plan.engines import load_placement
+
+    lids = [int(x) for x in rp.layer_ids]
+    nh = rp.meta.get("num_hidden_layers")
+    gpus_sha = sha256_file(gpus_path)
+    out, notes = [], []
+    for path in placements:
+        p, warnings = load_placement(path, gp.num_gpus, lids, rp.num_experts, nh)
+        notes += fleet_notes(p, gp, path, gpus_path, gpus_sha)
+        if warnings:
+            more = f" (and {len(warnings) - 1} more layers)" if len(warnings) > 1 else ""
+            notes.append(f"{path}: {warnings[0]}{more}")
+        out.append(p)
+    return out, notes
 
 
 def evaluate_run(
@@ -146,8 +171,6 @@ def evaluate_run(
     engines module reads), score each on every batch under the dispatch rule."""
     from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
     from vibe_plan.artifacts.gpu_profile import check_model_fit
-    from vibe_plan.artifacts.io import sha256_file
-    from vibe_plan.engines import load_placement
 
     Dispatch(dispatch)  # an unknown rule fails before any file is read
     gp = load_gpu_profile(gpus)
@@ -158,20 +181,15 @@ def evaluate_run(
     N = gp.node_count(nodes)
     rule = Dispatch(dispatch, N, origin_shares(token_origin, gp.num_gpus, N), rp.num_hidden_layers)
     lids = [int(x) for x in rp.layer_ids]
-    nh = rp.meta.get("num_hidden_layers")
-    gpus_sha = sha256_file(gpus)
+    loaded, read_notes = load_placements(placements, gp, rp, gpus)
+    notes += read_notes
     scores = []
-    for path in placements:
-        p, warnings = load_placement(path, gp.num_gpus, lids, rp.num_experts, nh)
-        notes += fleet_notes(p, gp, path, gpus, gpus_sha)
-        if warnings:
-            more = f" (and {len(warnings) - 1} more layers)" if len(warnings) > 1 else ""
-            notes.append(f"{path}: {warnings[0]}{more}")
+    for path, p in zip(placements, loaded, strict=True):
         scores.append(score(str(path), gp, rp, p, rule))
         note = split_note(p.phy2log, p.num_gpus, rule, lids)
         if note:
             notes.append(f"{path}: {note}")
-    return EvaluateRun(scores, rule, notes)
+    return EvaluateRun(scores, rule, notes, gp, rp, loaded)
 
 
 def routed_batches(rp: RoutingProfile, path: Path) -> tuple[RoutingProfile, list[str]]:

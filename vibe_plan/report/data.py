@@ -88,11 +88,9 @@ def gather(
 ) -> ReportData:
     """Read every input, score every placement (evaluate_run, score_rows) and compute its
     per-GPU time per layer with slot_tokens + slot_gpu_times under the same Dispatch."""
-    from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
     from vibe_plan.cost import curves_of, imbalance, slot_gpu_times
     from vibe_plan.cost.dispatch import slot_tokens
-    from vibe_plan.engines import load_placement
-    from vibe_plan.placement.evaluate import check_compatible, evaluate_run, score_rows
+    from vibe_plan.placement.evaluate import evaluate_run, score_rows
 
     if not placements:
         raise VibeError("give at least one placement file")
@@ -105,19 +103,12 @@ def gather(
             inputs.append(input_file("simulation requests", sim.requests_path))
 
     run = evaluate_run(placements, gpus, routing, dispatch, token_origin, nodes)
-    gp = load_gpu_profile(gpus)
-    rp = load_routing_profile(routing)
-    # Batches that route no token have no time to score; evaluate leaves them out too.
-    busy = rp.counts.reshape(rp.num_batches, -1).any(axis=1)
-    if not busy.all() and busy.any():
-        rp = rp.select_rows(busy)
+    gp, rp = run.gpus, run.routing  # the batches evaluate scored, the placements it read
     lids = [int(x) for x in rp.layer_ids]
     curves = curves_of(gp)
     labels = short_labels(placements)
     times_of = []
-    for path, label, s in zip(placements, labels, run.scores, strict=True):
-        p, _ = load_placement(path, gp.num_gpus, lids, rp.num_experts)
-        check_compatible(p, gp, rp, str(path))
+    for path, label, s, p in zip(placements, labels, run.scores, run.placements, strict=True):
         tokens = slot_tokens(p.phy2log, rp.counts, p.num_gpus, run.rule, lids)  # [B, L, P]
         times = slot_gpu_times(curves, tokens)  # [B, L, G]
         times_of.append(

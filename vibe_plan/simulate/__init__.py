@@ -29,10 +29,8 @@ def simulate_run(
     `progress(done, total)` counts finished requests over all placements and rates."""
     from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
     from vibe_plan.artifacts.gpu_profile import check_model_fit
-    from vibe_plan.artifacts.io import sha256_file
     from vibe_plan.cost.dispatch import Dispatch
-    from vibe_plan.engines import load_placement
-    from vibe_plan.placement.evaluate import fleet_notes
+    from vibe_plan.placement.evaluate import load_placements
     from vibe_plan.simulate.run import check_options, simulate
     from vibe_plan.simulate.workload import load_trace
 
@@ -41,17 +39,9 @@ def simulate_run(
     gp = load_gpu_profile(gpus)
     rp = load_routing_profile(routing)
     notes = check_model_fit(gp, gpus, rp.expert_shape, rp.num_experts, routing)
-    lids = [int(x) for x in rp.layer_ids]
-    nh = rp.meta.get("num_hidden_layers")
-    gpus_sha = sha256_file(gpus)
-    loaded = []
-    for path in placements:
-        p, warnings = load_placement(path, gp.num_gpus, lids, rp.num_experts, nh)
-        notes += fleet_notes(p, gp, path, gpus, gpus_sha)
-        if warnings:
-            more = f" (and {len(warnings) - 1} more layers)" if len(warnings) > 1 else ""
-            notes.append(f"{path}: {warnings[0]}{more}")
-        loaded.append((str(path), p))
+    plans, read_notes = load_placements(placements, gp, rp, gpus)
+    notes += read_notes
+    loaded = [(str(path), p) for path, p in zip(placements, plans, strict=True)]
     requests = load_trace(trace, max_requests, output_len, trace_format)
     result = simulate(gp, rp, loaded, requests, opts, progress)
     result.notes[:0] = notes
