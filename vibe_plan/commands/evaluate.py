@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vibe_plan.commands.options import DispatchOpt, GpusOpt, OriginOpt, RoutingOpt
+from vibe_plan.commands.options import DispatchOpt, GpusOpt, NodesOpt, OriginOpt, RoutingOpt
 
 
 def evaluate(
@@ -24,10 +24,7 @@ def evaluate(
     csv: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None,
     dispatch: DispatchOpt = "even",
     token_origin: OriginOpt = "uniform",
-    nodes: Annotated[
-        int | None,
-        typer.Option(help="Nodes (static/local); default: distinct hosts in the GPU profile."),
-    ] = None,
+    nodes: NodesOpt = None,
 ) -> None:
     """Score placements on each batch of a routing profile (use batches the plan did not see)."""
     from vibe_plan.artifacts.io import atomic_write, check_distinct, check_writable

@@ -25,6 +25,10 @@ DispatchOpt = Annotated[
         "default with DeepEP), local (SGLang dynamic with DeepEP), lp (SGLang lp, per batch).",
     ),
 ]
+NodesOpt = Annotated[
+    int | None,
+    typer.Option(help="Nodes (static/local); default: distinct hosts in the GPU profile."),
+]
 OriginOpt = Annotated[
     str,
     typer.Option(

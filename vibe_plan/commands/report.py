@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vibe_plan.commands.options import DispatchOpt, GpusOpt, OriginOpt, RoutingOpt
+from vibe_plan.commands.options import DispatchOpt, GpusOpt, NodesOpt, OriginOpt, RoutingOpt
 
 
 def report(
@@ -40,10 +40,7 @@ def report(
     ] = None,
     dispatch: DispatchOpt = "even",
     token_origin: OriginOpt = "uniform",
-    nodes: Annotated[
-        int | None,
-        typer.Option(help="Nodes (static/local); default: distinct hosts in the GPU profile."),
-    ] = None,
+    nodes: NodesOpt = None,
     title: Annotated[
         str | None,
         typer.Option(help="Page title; default: from the routing profile's model name."),

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vibe_plan.commands.options import DispatchOpt, GpusOpt, OriginOpt, RoutingOpt
+from vibe_plan.commands.options import DispatchOpt, GpusOpt, NodesOpt, OriginOpt, RoutingOpt
 from vibe_plan.defaults import BATCH_TOKENS
 from vibe_plan.simulate.options import (
     A2A_US_PER_TOKEN,
@@ -60,10 +60,7 @@ def simulate(
     ] = SLO_TPOT_S,
     dispatch: DispatchOpt = "even",
     token_origin: OriginOpt = "uniform",
-    nodes: Annotated[
-        int | None,
-        typer.Option(help="Nodes (static/local); default: distinct hosts in the GPU profile."),
-    ] = None,
+    nodes: NodesOpt = None,
     batch_tokens: Annotated[
         int,
         typer.Option(help="Token budget of one iteration (decode tokens first, then prefill)."),
