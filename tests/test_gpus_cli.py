@@ -8,33 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from gpu_inputs import TINY, one_thread  # noqa: F401 (an autouse fixture)
 
 from vibe_plan.artifacts.gpu_profile import load_gpu_profile, save_gpu_profile
 
 pytest.importorskip("torch")
 
-TINY = {
-    "model_type": "mixtral",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_local_experts": 8,
-    "num_experts_per_tok": 2,
-    "num_hidden_layers": 2,
-    "hidden_act": "silu",
-}
 FAST = ["--device", "cpu", "--warmup-s", "0", "-k", "2", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy 2-core machine a 2-thread GEMM stalls whenever a core is taken,
-    which turns timing noise into 5x swings; one thread keeps the CPU figures comparable."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

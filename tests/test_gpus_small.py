@@ -13,6 +13,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from gpu_inputs import TINY, one_thread  # noqa: E402, F401 (an autouse fixture)
+
 from vibe_plan.artifacts.gpu_profile import ExpertShape, load_gpu_profile  # noqa: E402
 from vibe_plan.errors import VibeError  # noqa: E402
 from vibe_plan.gpus.bench import ExpertBench, memory_needed, trial_counts  # noqa: E402
@@ -21,24 +23,7 @@ from vibe_plan.gpus.sweep import ProfileRequest  # noqa: E402
 
 CPU = torch.device("cpu")
 SHAPE = ExpertShape(16, 32, "float32", True)
-TINY = {
-    "model_type": "mixtral",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_local_experts": 8,
-    "num_experts_per_tok": 2,
-    "num_hidden_layers": 2,
-    "hidden_act": "silu",
-}
 FAST = ["--device", "cpu", "--warmup-s", "0", "--repeats", "1", "--quiet"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -15,17 +15,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from gpu_inputs import TINY  # noqa: E402
 from routing_models import build_tiny_model  # noqa: E402
-
-TINY_GPU_MODEL = {
-    "model_type": "mixtral",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_local_experts": 8,
-    "num_experts_per_tok": 2,
-    "num_hidden_layers": 2,
-    "hidden_act": "silu",
-}
 
 
 def _variant(good: Path, root: Path, name: str) -> Path:
@@ -181,7 +172,7 @@ def test_profile_gpus_warnings_only_with_verbose(verbose, vibe, tmp_path, monkey
 
     monkeypatch.setattr(bench, "heat_soak", noisy)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps(TINY_GPU_MODEL))
+    config.write_text(json.dumps(TINY))
     out = tmp_path / "gpus.yaml"
     extra = ["--verbose"] if verbose else []
     with warnings.catch_warnings(record=True) as seen:
