@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -14,9 +16,11 @@ from vibe_plan.cost import (
 )
 from vibe_plan.placement.bounds import (
     cardinality_bound,
+    crowding_bound,
     item_bound,
     lower_bound,
     lp_bound,
+    slot_bound,
     work_bound,
 )
 from vibe_plan.placement.heuristic import gpu_finish, items_of, local_search, lpt
@@ -192,3 +196,60 @@ def test_lp_bound_between_work_bound_and_heuristic():
         lp = lp_bound(cost, logcnt, S)
         assert lp >= work_bound(p) * (1 - 1e-5)
         assert lp <= span * (1 + 1e-9)
+
+
+def _optimum(cost: np.ndarray, logcnt: np.ndarray, S: int) -> float:
+    """Brute force: every way to give each expert its replicas on distinct GPUs, S per GPU."""
+    E, G = cost.shape
+    best = np.inf
+    choices = [list(itertools.combinations(range(G), int(r))) for r in logcnt]
+    for pick in itertools.product(*choices):
+        gpus = np.zeros((E, G), dtype=bool)
+        for e, gs in enumerate(pick):
+            gpus[e, list(gs)] = True
+        if (gpus.sum(axis=0) == S).all():
+            best = min(best, float((cost * gpus).sum(axis=0).max()))
+    return best
+
+
+def test_crowding_bound_never_above_the_optimum():
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(200):
+        G, S = int(rng.integers(2, 4)), int(rng.integers(1, 4))
+        E = int(rng.integers(S, G * S + 1))
+        logcnt = np.ones(E, dtype=np.int64)
+        for _ in range(G * S - E):
+            logcnt[rng.choice(np.flatnonzero(logcnt < G))] += 1
+        cost = _items(rng, E, G)
+        best = _optimum(cost, logcnt, S)
+        if not np.isfinite(best):
+            continue
+        item_expert = items_of(logcnt)
+        assert crowding_bound(cost[item_expert], item_expert, S) <= best * (1 + 1e-9)
+        assert lower_bound(cost[item_expert], S, item_expert) <= best * (1 + 1e-9)
+        checked += 1
+    assert checked > 100
+
+
+def test_crowding_bound_sees_hot_experts_that_must_share_a_gpu():
+    # Three GPUs, two slots: two hot experts with two replicas each (4 replicas on 3 GPUs, so one
+    # GPU holds both) and two cold ones. The LP spreads the hot replicas; the optimum cannot.
+    cost = np.array([[10.0] * 3, [9.0] * 3, [1.0] * 3, [1.0] * 3])
+    logcnt = np.array([2, 2, 1, 1])
+    item_expert = items_of(logcnt)
+    assert _optimum(cost, logcnt, 2) == pytest.approx(19.0)
+    assert crowding_bound(cost[item_expert], item_expert, 2) == pytest.approx(19.0)
+    assert lp_bound(cost, logcnt, 2) < 19.0 * 0.9
+
+
+def test_slot_bound_drops_crowding_where_a_gpu_holds_an_expert_twice():
+    # EPLB may pack two replicas of one expert on one GPU; the crowding bound would not hold.
+    curves = [TimeCurve.from_points([1, 100], [1.0, 100.0])] * 3
+    row = np.array([0, 0, 1, 1, 2, 3])  # GPU 0 holds expert 0 twice
+    tokens = np.array([10.0, 10.0, 9.0, 9.0, 1.0, 1.0])
+    assert slot_bound(curves, tokens, 2, row) == pytest.approx(slot_bound(curves, tokens, 2))
+    spread = np.array([0, 1, 0, 1, 2, 3])
+    tokens = np.array([10.0, 9.0, 10.0, 9.0, 1.0, 1.0])
+    assert slot_bound(curves, tokens, 2, spread) == pytest.approx(19.0)
+    assert slot_bound(curves, tokens, 2) < 19.0

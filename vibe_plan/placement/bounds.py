@@ -1,7 +1,8 @@
 """Lower bounds on one layer's makespan, for given items (replicas with their loads).
 
 Every GPU holds exactly S items; item costs differ by GPU (`p[i, g]`). The bounds are:
-work over speed, the largest single item, and the cardinality bound.
+work over speed, the largest single item, the cardinality bound and, where the items' experts are
+known, the crowding bound (no GPU holds two replicas of one expert).
 """
 
 from __future__ import annotations
@@ -44,9 +45,40 @@ def cardinality_bound(p: np.ndarray, slots_per_gpu: int) -> float:
     return max(floor_any, float((p[big] + rest).min()))
 
 
-def lower_bound(p: np.ndarray, slots_per_gpu: int) -> float:
-    """Best of the three bounds for items with costs p [items, G]."""
-    return max(work_bound(p), item_bound(p), cardinality_bound(p, slots_per_gpu))
+def crowding_bound(p: np.ndarray, item_expert: np.ndarray, slots_per_gpu: int) -> float:
+    """The R replicas of the j heaviest experts fill G GPUs at most one per expert each, so some
+    GPU holds ceil(R / G) of them, and S - ceil(R / G) items of other experts. Its time is at least
+    that of the cheapest such set on the cheapest GPU. Catches hot experts whose replicas must
+    share GPUs (five and four replicas on eight GPUs), which the LP spreads fractionally."""
+    n, G = p.shape
+    S = slots_per_gpu
+    E = int(item_expert.max()) + 1
+    cheapest = np.full((E, G), np.inf)  # an expert's cheapest replica (dispatch may split unevenly)
+    np.minimum.at(cheapest, item_expert, p)
+    replicas = np.bincount(item_expert, minlength=E)
+    order = np.argsort(-cheapest.min(axis=1), kind="stable")
+    crowd = -(-np.cumsum(replicas[order]) // G)  # ceil(R_j / G) for each prefix j
+    best = 0.0
+    for k in range(1, min(S, int(crowd[-1])) + 1):
+        # For a given k the smallest prefix that forces it is the tightest.
+        j = int(np.argmax(crowd >= k)) + 1
+        heavy = np.sort(cheapest[order[:j]], axis=0)  # [j, G]
+        picked = heavy[:k].sum(axis=0)
+        # The other S - k items: the cheapest experts not among the k picked on each GPU.
+        rank = np.argsort(cheapest[order[:j]], axis=0, kind="stable")[:k]  # [k, G]
+        rest = cheapest.copy()
+        rest[order[:j][rank], np.arange(G)[None, :]] = np.inf
+        others = np.sort(rest, axis=0)[: S - k].sum(axis=0)
+        best = max(best, float((picked + others).min()))
+    return best
+
+
+def lower_bound(p: np.ndarray, slots_per_gpu: int, item_expert: np.ndarray | None = None) -> float:
+    """Best of the analytic bounds for items with costs p [items, G] (of experts `item_expert`)."""
+    best = max(work_bound(p), item_bound(p), cardinality_bound(p, slots_per_gpu))
+    if item_expert is not None and len(item_expert):
+        best = max(best, crowding_bound(p, np.asarray(item_expert), slots_per_gpu))
+    return best
 
 
 def lp_bound(
@@ -99,9 +131,17 @@ def lp_bound(
 def own_bound(curves: list[TimeCurve], row: np.ndarray, load: np.ndarray, slots: int) -> float:
     """Lower bound for the items (replicas) a plan chose, each with n / r tokens."""
     cnt = np.bincount(row, minlength=len(load))
-    return slot_bound(curves, (load / np.maximum(cnt, 1))[row], slots)
+    return slot_bound(curves, (load / np.maximum(cnt, 1))[row], slots, row)
 
 
-def slot_bound(curves: list[TimeCurve], tokens: np.ndarray, slots: int) -> float:
-    """Lower bound for a plan's slots with the tokens its dispatch rule gives them: [P]."""
-    return lower_bound(expert_time(curves, tokens), slots)
+def slot_bound(
+    curves: list[TimeCurve], tokens: np.ndarray, slots: int, row: np.ndarray | None = None
+) -> float:
+    """Lower bound for a plan's slots with the tokens its dispatch rule gives them: [P]. `row`:
+    the logical expert of each slot, for the crowding bound where no GPU holds an expert twice
+    (EPLB's packing may; vibe's plans never do)."""
+    if row is not None:
+        per_gpu = np.sort(np.asarray(row).reshape(len(curves), slots), axis=1)
+        if (per_gpu[:, 1:] == per_gpu[:, :-1]).any():
+            row = None
+    return lower_bound(expert_time(curves, tokens), slots, row)

@@ -57,7 +57,10 @@ def batch_bounds(gpus: GpuProfile, p: Placement, tokens: np.ndarray) -> np.ndarr
     B, L, _ = tokens.shape
     return np.array(
         [
-            sum(slot_bound(curves, tokens[b, layer], p.slots_per_gpu) for layer in range(L))
+            sum(
+                slot_bound(curves, tokens[b, layer], p.slots_per_gpu, p.phy2log[layer])
+                for layer in range(L)
+            )
             for b in range(B)
         ]
     )

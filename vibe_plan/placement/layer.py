@@ -92,7 +92,7 @@ def start_layer(
     first = lpt(p, item_expert, G, slots, (load / logcnt)[item_expert], node_of=node_of)
     item_gpu = local_search(p, item_expert, first, G, doubles=False, node_of=node_of)
     makespan = float(gpu_finish(p, item_gpu, G).max())
-    bound = lower_bound(p, slots)
+    bound = lower_bound(p, slots, item_expert)
     status = "bound"
     exact = cost.size <= EXACT_MAX_CELLS
     if makespan > bound * (1 + target_gap) and exact:

@@ -551,7 +551,7 @@ def _next_placement(
     S = phy2log.shape[1] // gp.num_gpus
     predicted = {
         "makespan_us": times.max(axis=1).tolist(),
-        "lower_bound_us": [slot_bound(curves, tokens[i], S) for i in range(len(lids))],
+        "lower_bound_us": [slot_bound(curves, tokens[i], S, phy2log[i]) for i in range(len(lids))],
     }
     if "global_bound_us" in fresh.predicted:  # a bound on every placement of the layer
         predicted["global_bound_us"] = list(fresh.predicted["global_bound_us"])

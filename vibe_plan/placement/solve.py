@@ -208,7 +208,10 @@ def solve_placement(
         # the plan's own slots with the loads that rule gives them.
         tokens = slot_tokens(phy2log, load[None], prob.num_gpus, dispatch, layer_ids)[0]
         bounds = np.array(
-            [slot_bound(curves, tokens[layer], prob.slots_per_gpu) for layer in range(L)]
+            [
+                slot_bound(curves, tokens[layer], prob.slots_per_gpu, phy2log[layer])
+                for layer in range(L)
+            ]
         )
     placement = Placement(
         num_gpus=prob.num_gpus,
