@@ -26,7 +26,8 @@ import numpy as np
 from vibe_plan.artifacts import ExpertShape, GpuCurve, GpuProfile, RoutingProfile
 from vibe_plan.cost.dispatch import Dispatch
 from vibe_plan.placement.cpsat import CpSatSettings
-from vibe_plan.placement.recalibrate import RecalibrateOptions, drift_report, plan_recalibration
+from vibe_plan.placement.drift import drift_report
+from vibe_plan.placement.recalibrate import RecalibrateOptions, plan_recalibration
 from vibe_plan.placement.solve import SolveOptions, solve_placement
 from vibe_plan.synthetic import synthetic_routing, varied_gpu_profile
 

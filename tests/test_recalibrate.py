@@ -28,15 +28,12 @@ from vibe_plan.placement.cpsat import CpSatSettings
 from vibe_plan.placement.drift import total_variation
 from vibe_plan.placement.migrate import (
     budget_descent,
+    expert_bytes,
     gpu_counts,
     moves_between,
     stable_row,
 )
-from vibe_plan.placement.recalibrate import (
-    RecalibrateOptions,
-    expert_bytes,
-    recalibrate_run,
-)
+from vibe_plan.placement.recalibrate import RecalibrateOptions, recalibrate_run
 
 SPEEDS = [1.0, 1.05, 1.1, 1.15]
 L, E, B = 3, 16, 8

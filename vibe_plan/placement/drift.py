@@ -11,12 +11,16 @@ those token counts (1.15: 15% slower).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
 from vibe_plan.artifacts.gpu_profile import GpuProfile
-from vibe_plan.artifacts.placement import SolvedFor
+from vibe_plan.artifacts.placement import Placement, SolvedFor
+from vibe_plan.artifacts.routing_profile import RoutingProfile
 from vibe_plan.cost import curves_of
+from vibe_plan.errors import VibeError
 
 SOLVED_FOR_TOKENS = (16, 256, 4096)  # a decode-sized, a mid and a prefill-sized expert batch
 LOAD_DIGITS = 4  # significant digits of a mean load in the file
@@ -152,3 +156,61 @@ def gpu_drift_part(
         for g in range(new_gpus.num_gpus)
     ]
     report.gpus_source = source
+
+
+def drift_report(
+    cur: Placement,
+    gp: GpuProfile,
+    rp: RoutingProfile,
+    old_gpus: Path | None,
+    old_routing: Path | None,
+    notes: list[str],
+) -> DriftReport:
+    """Drift from what the placement was solved for: its `solved_for` block, or the old profiles
+    where given (they take precedence)."""
+    lids = [int(x) for x in rp.layer_ids]
+    report = DriftReport(lids)
+    sf = cur.solved_for
+    new_load = rp.mean_load()
+    if old_routing is not None:
+        old = load_routing_profile(old_routing)
+        if [int(x) for x in old.layer_ids] != lids or old.num_experts != rp.num_experts:
+            raise VibeError(
+                f"{old_routing}: --old-routing has other MoE layers or experts than the new "
+                "routing profile; give the profile the current placement was solved on"
+            )
+        routing_drift_part(report, old.mean_load(), new_load, f"--old-routing {old_routing}")
+    elif sf is not None:
+        routing_drift_part(report, sf.mean_load, new_load, "the placement's solved_for")
+    if old_gpus is not None:
+        og = load_gpu_profile(old_gpus)
+        if og.num_gpus != gp.num_gpus:
+            raise VibeError(
+                f"{old_gpus}: --old-gpus has {og.num_gpus} GPUs, the new profile {gp.num_gpus}; "
+                "give the profile the current placement was solved on"
+            )
+        tokens = list(SOLVED_FOR_TOKENS)
+        gpu_drift_part(
+            report,
+            tokens,
+            gpu_times_at(og, tokens),
+            [g.uuid for g in og.gpus],
+            gp,
+            f"--old-gpus {old_gpus}",
+        )
+    elif sf is not None:
+        gpu_drift_part(
+            report, sf.tokens, sf.gpu_time_us, sf.gpu_uuid, gp, "the placement's solved_for"
+        )
+    missing = [
+        what
+        for what, part in (("routing", report.routing_tv), ("GPU", report.gpus))
+        if part is None
+    ]
+    if missing:
+        flags = " and ".join(f"--old-{'routing' if m == 'routing' else 'gpus'}" for m in missing)
+        notes.append(
+            f"cannot report {' or '.join(missing)} drift: the placement has no solved_for block "
+            f"(vibe solve writes one); pass {flags} to compare with the old profiles"
+        )
+    return report

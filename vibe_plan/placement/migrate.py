@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vibe_plan.artifacts.gpu_profile import ExpertShape
 from vibe_plan.cost import TimeCurve, expert_time, slot_gpu_times
 from vibe_plan.cost.dispatch import Dispatch, slot_tokens
 from vibe_plan.placement.cpsat import CpSatSettings
@@ -357,3 +358,30 @@ def choose(
     cands += [next(c for used, c in reversed(path) if used <= budget)]
     cands += [c for c in earlier or [] if choice_cost(options, c)[1] <= budget]
     return min(cands, key=lambda c: choice_cost(options, c))
+
+
+DTYPE_BYTES = {  # bytes per weight, by the dtype a GPU profile records
+    "float64": 8,
+    "double": 8,
+    "float32": 4,
+    "float": 4,
+    "tf32": 4,
+    "bfloat16": 2,
+    "float16": 2,
+    "half": 2,
+    "fp8": 1,
+    "float8_e4m3fn": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2": 1,
+    "float8_e5m2fnuz": 1,
+    "int8": 1,
+    "uint8": 1,
+}
+
+
+def expert_bytes(shape: ExpertShape) -> int | None:
+    """Bytes of one routed expert's weights: 3 (gated) or 2 matrices of hidden x intermediate."""
+    size = DTYPE_BYTES.get(shape.dtype.lower())
+    if size is None:
+        return None
+    return (3 if shape.gated else 2) * shape.hidden * shape.intermediate * size

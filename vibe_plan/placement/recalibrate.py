@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
-from vibe_plan.artifacts.gpu_profile import ExpertShape, GpuProfile
+from vibe_plan.artifacts.gpu_profile import GpuProfile
 from vibe_plan.artifacts.io import read_doc, require_file, sha256_file
 from vibe_plan.artifacts.placement import Placement, check_map
 from vibe_plan.artifacts.routing_profile import RoutingProfile
@@ -22,18 +22,12 @@ from vibe_plan.defaults import CPSAT_WORKERS, TIME_LIMIT_S
 from vibe_plan.errors import VibeError
 from vibe_plan.placement.bounds import slot_bound
 from vibe_plan.placement.cpsat import CpSatSettings
-from vibe_plan.placement.drift import (
-    SOLVED_FOR_TOKENS,
-    DriftReport,
-    gpu_drift_part,
-    gpu_times_at,
-    routing_drift_part,
-    solved_for_block,
-)
+from vibe_plan.placement.drift import DriftReport, drift_report, solved_for_block
 from vibe_plan.placement.migrate import (
     LayerOption,
     choice_cost,
     choose,
+    expert_bytes,
     gpu_counts,
     greedy_path,
     move_list,
@@ -45,23 +39,6 @@ from vibe_plan.placement.solve_run import MAX_SEED, check_inputs
 
 REPORT_FRACTIONS = (0.05, 0.10, 0.25, 1.0)  # of the fresh plan's moves, in the gain-vs-moves table
 AUTO_RECOVERY = 0.9  # without a bound: the fewest moves that give this share of the largest gain
-DTYPE_BYTES = {
-    "float64": 8,
-    "double": 8,
-    "float32": 4,
-    "float": 4,
-    "tf32": 4,
-    "bfloat16": 2,
-    "float16": 2,
-    "half": 2,
-    "fp8": 1,
-    "float8_e4m3fn": 1,
-    "float8_e4m3fnuz": 1,
-    "float8_e5m2": 1,
-    "float8_e5m2fnuz": 1,
-    "int8": 1,
-    "uint8": 1,
-}
 METHOD = "vibe-recalibrate"
 
 
@@ -177,14 +154,6 @@ def rel_gain(before: float, after: float) -> float:
     return (before - after) / before if before > 0 else 0.0
 
 
-def expert_bytes(shape: ExpertShape) -> int | None:
-    """Bytes of one routed expert's weights: 3 (gated) or 2 matrices of hidden x intermediate."""
-    size = DTYPE_BYTES.get(shape.dtype.lower())
-    if size is None:
-        return None
-    return (3 if shape.gated else 2) * shape.hidden * shape.intermediate * size
-
-
 def check_options(opts: RecalibrateOptions) -> None:
     """Refuse meaningless options before any file is read."""
     if not (math.isfinite(opts.min_gain) and 0 <= opts.min_gain < 1):
@@ -263,64 +232,6 @@ def _dispatch(
             else:
                 notes.append("the placement's recorded token origin does not fit; using uniform")
     return Dispatch(rule, nodes, origin, rp.num_hidden_layers)
-
-
-def drift_report(
-    cur: Placement,
-    gp: GpuProfile,
-    rp: RoutingProfile,
-    old_gpus: Path | None,
-    old_routing: Path | None,
-    notes: list[str],
-) -> DriftReport:
-    """Drift from what the placement was solved for: its `solved_for` block, or the old profiles
-    where given (they take precedence)."""
-    lids = [int(x) for x in rp.layer_ids]
-    report = DriftReport(lids)
-    sf = cur.solved_for
-    new_load = rp.mean_load()
-    if old_routing is not None:
-        old = load_routing_profile(old_routing)
-        if [int(x) for x in old.layer_ids] != lids or old.num_experts != rp.num_experts:
-            raise VibeError(
-                f"{old_routing}: --old-routing has other MoE layers or experts than the new "
-                "routing profile; give the profile the current placement was solved on"
-            )
-        routing_drift_part(report, old.mean_load(), new_load, f"--old-routing {old_routing}")
-    elif sf is not None:
-        routing_drift_part(report, sf.mean_load, new_load, "the placement's solved_for")
-    if old_gpus is not None:
-        og = load_gpu_profile(old_gpus)
-        if og.num_gpus != gp.num_gpus:
-            raise VibeError(
-                f"{old_gpus}: --old-gpus has {og.num_gpus} GPUs, the new profile {gp.num_gpus}; "
-                "give the profile the current placement was solved on"
-            )
-        tokens = list(SOLVED_FOR_TOKENS)
-        gpu_drift_part(
-            report,
-            tokens,
-            gpu_times_at(og, tokens),
-            [g.uuid for g in og.gpus],
-            gp,
-            f"--old-gpus {old_gpus}",
-        )
-    elif sf is not None:
-        gpu_drift_part(
-            report, sf.tokens, sf.gpu_time_us, sf.gpu_uuid, gp, "the placement's solved_for"
-        )
-    missing = [
-        what
-        for what, part in (("routing", report.routing_tv), ("GPU", report.gpus))
-        if part is None
-    ]
-    if missing:
-        flags = " and ".join(f"--old-{'routing' if m == 'routing' else 'gpus'}" for m in missing)
-        notes.append(
-            f"cannot report {' or '.join(missing)} drift: the placement has no solved_for block "
-            f"(vibe solve writes one); pass {flags} to compare with the old profiles"
-        )
-    return report
 
 
 def plan_recalibration(
