@@ -50,26 +50,33 @@ def crowding_bound(p: np.ndarray, item_expert: np.ndarray, slots_per_gpu: int) -
     GPU holds ceil(R / G) of them, and S - ceil(R / G) items of other experts. Its time is at least
     that of the cheapest such set on the cheapest GPU. Catches hot experts whose replicas must
     share GPUs (five and four replicas on eight GPUs), which the LP spreads fractionally."""
-    n, G = p.shape
+    G = p.shape[1]
     S = slots_per_gpu
-    E = int(item_expert.max()) + 1
-    cheapest = np.full((E, G), np.inf)  # an expert's cheapest replica (dispatch may split unevenly)
-    np.minimum.at(cheapest, item_expert, p)
-    replicas = np.bincount(item_expert, minlength=E)
+    by_expert = np.argsort(item_expert, kind="stable")
+    experts, first = np.unique(item_expert[by_expert], return_index=True)
+    # An expert's cheapest replica on each GPU (a dispatch rule may split it unevenly).
+    cheapest = np.minimum.reduceat(p[by_expert], first, axis=0)  # [experts present, G]
+    replicas = np.diff(np.append(first, len(item_expert)))
+    E = len(experts)
     order = np.argsort(-cheapest.min(axis=1), kind="stable")
     crowd = -(-np.cumsum(replicas[order]) // G)  # ceil(R_j / G) for each prefix j
     best = 0.0
     for k in range(1, min(S, int(crowd[-1])) + 1):
-        # For a given k the smallest prefix that forces it is the tightest.
+        # For a given k the smallest prefix that forces it is the tightest; a prefix of every
+        # expert only repeats the cardinality bound's S cheapest.
         j = int(np.argmax(crowd >= k)) + 1
+        if j >= E:
+            break
         heavy = np.sort(cheapest[order[:j]], axis=0)  # [j, G]
-        picked = heavy[:k].sum(axis=0)
-        # The other S - k items: the cheapest experts not among the k picked on each GPU.
-        rank = np.argsort(cheapest[order[:j]], axis=0, kind="stable")[:k]  # [k, G]
-        rest = cheapest.copy()
-        rest[order[:j][rank], np.arange(G)[None, :]] = np.inf
-        others = np.sort(rest, axis=0)[: S - k].sum(axis=0)
-        best = max(best, float((picked + others).min()))
+        light = np.sort(cheapest[order[j:]], axis=0)  # [E - j, G]
+        # Cheapest S experts with t >= k of them heavy: t heavy plus S - t light, best t.
+        t = np.arange(max(k, S - (E - j)), min(S, j) + 1)
+        if len(t) == 0:
+            continue
+        zero = np.zeros((1, G))
+        sum_heavy = np.concatenate([zero, np.cumsum(heavy, axis=0)])
+        sum_light = np.concatenate([zero, np.cumsum(light, axis=0)])
+        best = max(best, float((sum_heavy[t] + sum_light[S - t]).min()))
     return best
 
 
