@@ -138,13 +138,43 @@ def test_a_killed_layer_worker_is_one_error_line(tmp_path):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        # Seen once in a full-suite run on a loaded 2-core machine; never alone. Kept visible.
+        # Seen once in a full-suite run on a loaded 2-core machine, likely the shutdown hang
+        # fixed since (test_a_worker_dying_after_the_last_layer...). Kept visible, not failed.
         pytest.xfail("solve did not end within 120 s after one of its workers was killed")
     if proc.returncode == 0:
         pytest.skip("the killed worker had already finished its layers")
     assert proc.returncode == 2, err
     assert err.count("error:") == 1 and "worker process died" in err and "Traceback" not in err
     assert not out.exists()
+
+
+_KILL_AT_END = """
+import multiprocessing, os, signal
+from vibe_plan.placement.solve import _pool_map
+
+def work(x):
+    return x * x
+
+class KillAtEnd:  # a progress bar that kills a worker as the last result comes back
+    seen = 0
+    def advance(self, task):
+        self.seen += 1
+        if self.seen == 8:
+            os.kill(multiprocessing.active_children()[-1].pid, signal.SIGKILL)
+
+print(_pool_map(work, list(range(8)), 2, KillAtEnd(), None))
+"""
+
+
+def test_a_worker_dying_after_the_last_layer_does_not_hang_the_run():
+    """Python 3.11's pool.shutdown() waits forever when a worker dies just as the last result
+    comes back (4 of 5 runs hung before the fix); every result is in, so the run must end."""
+    for _ in range(5):
+        r = subprocess.run(
+            [sys.executable, "-c", _KILL_AT_END], capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == str([x * x for x in range(8)])
 
 
 def test_placement_file_rejects_boolean_ids_and_unknown_rules(vibe, inputs):

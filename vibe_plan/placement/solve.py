@@ -324,7 +324,9 @@ def _pool_map(fn, args: list, workers: int, progress, task) -> list:
     except BaseException:
         _stop_pool(pool)
         raise
-    pool.shutdown()
+    # Not pool.shutdown(): on Python 3.11 it waits forever when a worker dies (OOM killer, a
+    # stray kill) just as the last layer comes back. Every result is in, so just end the workers.
+    _stop_pool(pool)
     return out
 
 
