@@ -292,6 +292,20 @@ def test_trace_times_are_read_where_the_trace_records_them(tmp_path):
     assert any("len(text)/4" in n for n in t.notes)
 
 
+def test_failed_burstgpt_requests_are_dropped_with_a_note(tmp_path):
+    trace = tmp_path / "burst.csv"
+    trace.write_text(
+        "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+        "0,ChatGPT,100,20,120,Conversation log\n"
+        "1,GPT-4,210,0,210,Conversation log\n"
+        "2,ChatGPT,50,10,60,Conversation log\n"
+    )
+    t = load_trace(trace)
+    assert t.input_len.tolist() == [100, 50]
+    np.testing.assert_allclose(t.times_s, [0.0, 2.0])
+    assert any("skipped 1 failed request" in n for n in t.notes)
+
+
 def test_a_trace_without_times_needs_a_rate():
     rp, pl, tr = _skewed()
     with pytest.raises(VibeError, match="--rate"):

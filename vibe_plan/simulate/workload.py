@@ -69,7 +69,8 @@ def load_trace(
         raise VibeError(f"--max-requests is {max_requests}; give 0 (all) or a positive count")
     if default_output_len < 1:
         raise VibeError(f"--output-len is {default_output_len}; it must be at least 1")
-    requests, fmt = read_trace(path, fmt, max_requests)
+    notes: list[str] = []
+    requests, fmt = read_trace(path, fmt, max_requests, notes)
     inp, out = [], []
     estimated_in = estimated_out = defaulted = 0
     for r in requests:
@@ -87,7 +88,6 @@ def load_trace(
         else:
             out.append(default_output_len)
             defaulted += 1
-    notes = []
     if estimated_in:
         notes.append(
             f"{estimated_in} of {len(requests)} prompts are text: their length is estimated as "
