@@ -11,6 +11,8 @@ import numpy as np
 
 from vibe_plan.cost import TimeCurve, expert_time
 
+CROWD_MAX_K = 4  # the crowding bound tries 2..4 heavy experts forced onto one GPU
+
 
 def work_bound(p: np.ndarray) -> float:
     """Total work over total speed, with each GPU's speed taken at its most favourable ratio to a
@@ -60,23 +62,32 @@ def crowding_bound(p: np.ndarray, item_expert: np.ndarray, slots_per_gpu: int) -
     E = len(experts)
     order = np.argsort(-cheapest.min(axis=1), kind="stable")
     crowd = -(-np.cumsum(replicas[order]) // G)  # ceil(R_j / G) for each prefix j
+    heaviness = np.empty(E, dtype=np.int64)
+    heaviness[order] = np.arange(E)
+    # Each GPU's experts cheapest first, sorted once; a prefix then splits them by a mask.
+    by_cost = np.argsort(cheapest.T, axis=1, kind="stable")  # [G, E]
+    value = np.take_along_axis(cheapest.T, by_cost, axis=1)
+    rank = heaviness[by_cost]
     best = 0.0
-    for k in range(1, min(S, int(crowd[-1])) + 1):
+    # k = 1 is the cardinality bound's largest item; past a few, the forced set holds light experts
+    # too and the bound nears the S cheapest (evaluate computes this for every batch and layer).
+    for k in range(2, min(S, int(crowd[-1]), CROWD_MAX_K) + 1):
         # For a given k the smallest prefix that forces it is the tightest; a prefix of every
         # expert only repeats the cardinality bound's S cheapest.
         j = int(np.argmax(crowd >= k)) + 1
         if j >= E:
             break
-        heavy = np.sort(cheapest[order[:j]], axis=0)  # [j, G]
-        light = np.sort(cheapest[order[j:]], axis=0)  # [E - j, G]
-        # Cheapest S experts with t >= k of them heavy: t heavy plus S - t light, best t.
         t = np.arange(max(k, S - (E - j)), min(S, j) + 1)
         if len(t) == 0:
             continue
-        zero = np.zeros((1, G))
-        sum_heavy = np.concatenate([zero, np.cumsum(heavy, axis=0)])
-        sum_light = np.concatenate([zero, np.cumsum(light, axis=0)])
-        best = max(best, float((sum_heavy[t] + sum_light[S - t]).min()))
+        heavy_mask = rank < j
+        heavy = value[heavy_mask].reshape(G, j)[:, : t[-1]]  # each GPU's cheapest heavy first
+        light = value[~heavy_mask].reshape(G, E - j)[:, : S - t[0]]
+        # Cheapest S experts with t >= k of them heavy: t heavy plus S - t light, best t.
+        zero = np.zeros((G, 1))
+        sum_heavy = np.concatenate([zero, np.cumsum(heavy, axis=1)], axis=1)
+        sum_light = np.concatenate([zero, np.cumsum(light, axis=1)], axis=1)
+        best = max(best, float((sum_heavy[:, t] + sum_light[:, S - t]).min()))
     return best
 
 
