@@ -178,3 +178,23 @@ def test_evaluate_bad_inputs(vibe, plans):
     bad.write_text("schema: vibe.gpu-profile/v1\ngpus: [")
     r = vibe("evaluate", "--gpus", bad, "--routing", held, files["vibe"], "--csv", out / "s.csv")
     _refused(r, out, "bad.yaml")
+
+
+def test_phase_scores_one_phases_rows_and_names_a_plan_made_for_another(vibe, tmp_path):
+    from test_solve_cli import _two_phase_routing
+
+    from vibe_plan.placement.evaluate import evaluate_run
+
+    gpus = write_gpus(tmp_path / "gpus.yaml", SPEEDS)
+    mixed = _two_phase_routing(tmp_path / "mixed.npz", ["prefill", "decode"] * 2)
+    assert vibe(*solve_args(gpus, mixed, tmp_path / "d.json", "--phase", "decode")).code == 0
+    run = evaluate_run([tmp_path / "d.json"], gpus, mixed, phase="decode")
+    assert run.routing.num_batches == 2 and not run.notes
+    r = vibe("evaluate", tmp_path / "d.json", "--gpus", gpus, "--routing", mixed)
+    assert r.code == 0
+    assert (
+        "mixes prefill and decode rows" in r.err and "made on the routing profile's decode" in r.err
+    )
+    everything = evaluate_run([tmp_path / "d.json"], gpus, mixed)
+    assert everything.routing.num_batches == 4
+    assert everything.scores[0].mean_us > run.scores[0].mean_us  # prefill rows cost more

@@ -269,3 +269,43 @@ def test_interleaved_hosts_are_reported(vibe, tmp_path):
     write_gpus(gpus, [1.0, 1.1, 1.2, 1.3], hosts=["a", "a", "b", "b"])
     r = vibe(*solve_args(gpus, routing, tmp_path / "q.json"))
     assert r.code == 0 and "blocks" not in r.err
+
+
+def _two_phase_routing(path, phases):
+    """Prefill rows (2,048 tokens) and decode rows (64 tokens, other hot experts)."""
+    pre = skewed_counts(4, 3, 16, tokens=2048, seed=0)
+    dec = skewed_counts(4, 3, 16, tokens=64, seed=5)
+    rows = {"prefill": list(pre), "decode": list(dec)}
+    counts = np.stack([rows[p].pop(0) for p in phases])  # each phase's rows in order
+    return write_routing(path, counts, num_hidden_layers=5, row_phase=list(phases))
+
+
+def test_phase_plans_on_that_phases_rows_only(vibe, tmp_path):
+    gpus = write_gpus(tmp_path / "gpus.yaml", SPEEDS)
+    mixed = _two_phase_routing(tmp_path / "mixed.npz", ["prefill", "decode"] * 2)
+    only = _two_phase_routing(tmp_path / "decode.npz", ["decode", "decode"])
+    r = vibe(*solve_args(gpus, mixed, tmp_path / "p.json", "--phase", "decode"))
+    assert r.code == 0, r.err
+    assert "mixes prefill and decode" not in r.err
+    doc = load_json(tmp_path / "p.json")
+    assert doc["inputs"]["routing_phase"] == "decode"
+    # The same plan as from a profile holding only those decode rows.
+    assert vibe(*solve_args(gpus, only, tmp_path / "q.json")).code == 0
+    ref = load_json(tmp_path / "q.json")
+    assert doc["physical_to_logical_map"] == ref["physical_to_logical_map"]
+    assert doc["predicted"] == ref["predicted"]
+    # Without --phase the plan is for the mixed mean, and the user hears so.
+    r = vibe(*solve_args(gpus, mixed, tmp_path / "m.json"))
+    assert r.code == 0 and "mixes prefill and decode rows" in r.err and "--phase" in r.err
+    assert "routing_phase" not in load_json(tmp_path / "m.json")["inputs"]
+
+
+@pytest.mark.parametrize(
+    ("phase", "needle"), [("prefill", "no prefill rows"), ("warmup", "--phase is 'warmup'")]
+)
+def test_phase_without_such_rows_is_one_error_line(vibe, tmp_path, phase, needle):
+    gpus = write_gpus(tmp_path / "gpus.yaml", SPEEDS)
+    only = _two_phase_routing(tmp_path / "decode.npz", ["decode", "decode"])
+    r = vibe(*solve_args(gpus, only, tmp_path / "p.json", "--phase", phase))
+    assert r.code == 2 and r.err.count("error:") == 1 and needle in r.err, r.err
+    assert not (tmp_path / "p.json").exists()

@@ -18,6 +18,7 @@ from vibe_plan.model_config import MAX_LAYERS as MAX_LAYERS
 
 ROUTING_SCHEMA = "vibe.routing-profile/v1"
 PHASES = ("prefill", "decode", "mixed")
+ROW_PHASES = ("all", "prefill", "decode")  # which rows a plan is made for or scored on
 MAX_COUNT = 2**40  # tokens of one expert in one batch; more is not a trace (and sums overflow)
 NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive (an empty one: the second)
 NPY_MAGIC = b"\x93NUMPY"
@@ -61,6 +62,20 @@ class RoutingProfile:
     def mean_load(self) -> np.ndarray:
         """Mean tokens per batch for each (MoE layer, expert), float [L, E]."""
         return self.counts.mean(axis=0)
+
+    def row_phases(self) -> list[str]:
+        """Phase of each row: meta.row_phase where present, else meta.phase (or "mixed") for every
+        row."""
+        B = self.num_batches
+        rows = self.meta.get("row_phase")
+        if rows is not None:
+            ok = isinstance(rows, list) and len(rows) == B
+            if not (ok and all(isinstance(x, str) for x in rows)):
+                raise VibeError(
+                    f"routing profile: meta.row_phase must list {B} phases, one per row"
+                )
+            return list(rows)
+        return [str(self.meta.get("phase") or "mixed")] * B
 
     def select_rows(self, rows: Any) -> RoutingProfile:
         """These batch rows (indices or a mask), their per-row meta lists picked alike."""
@@ -304,3 +319,25 @@ def save_routing_profile(profile: RoutingProfile, path: str | Path) -> None:
         )
 
     atomic_write_with(path, write)
+
+
+def check_phase(phase: str) -> None:
+    if phase not in ROW_PHASES:
+        raise VibeError(f"--phase is {phase!r}; give one of {', '.join(ROW_PHASES)}")
+
+
+def rows_of_phase(rp: RoutingProfile, path: Path | str, phase: str) -> tuple[RoutingProfile, bool]:
+    """The rows of one phase (`prefill`, `decode`), or all rows (`all`); and whether all rows mix
+    prefill and decode ones (whose mean load is neither phase's)."""
+    check_phase(phase)
+    phases = np.asarray(rp.row_phases())
+    if phase == "all":
+        return rp, {"prefill", "decode"} <= set(phases.tolist())
+    rows = phases == phase
+    if not rows.any():
+        found = ", ".join(sorted(set(phases.tolist())))
+        raise VibeError(
+            f"{path}: --phase {phase}: the routing profile has no {phase} rows (its rows are "
+            f"{found}); record them with vibe profile-routing --phase {phase} (or both)"
+        )
+    return rp.select_rows(rows), False

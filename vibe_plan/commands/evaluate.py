@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from vibe_plan.commands.options import DispatchOpt, GpusOpt, NodesOpt, OriginOpt, RoutingOpt
+from vibe_plan.commands.options import (
+    DispatchOpt,
+    GpusOpt,
+    NodesOpt,
+    OriginOpt,
+    PhaseOpt,
+    RoutingOpt,
+)
 
 
 def evaluate(
@@ -25,6 +32,7 @@ def evaluate(
     dispatch: DispatchOpt = "even",
     token_origin: OriginOpt = "uniform",
     nodes: NodesOpt = None,
+    phase: PhaseOpt = "all",
 ) -> None:
     """Score placements on each batch of a routing profile (use batches the plan did not see)."""
     from vibe_plan.artifacts.io import atomic_write, check_distinct, check_writable
@@ -43,7 +51,7 @@ def evaluate(
         ]
         check_distinct([("--csv", csv)], inputs)
         check_writable(csv, "--csv")
-    run = evaluate_run(placements, gpus, routing, dispatch, token_origin, nodes)
+    run = evaluate_run(placements, gpus, routing, dispatch, token_origin, nodes, phase)
     for note in run.notes:
         warn(note)
     rows = score_rows(run.scores)

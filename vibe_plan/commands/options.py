@@ -37,6 +37,14 @@ OriginOpt = Annotated[
         "balanced), or comma-separated weights per rank or per node.",
     ),
 ]
+PhaseOpt = Annotated[
+    str,
+    typer.Option(
+        "--phase",
+        help="Routing rows to use: all | prefill | decode (meta.row_phase). Separate prefill "
+        "and decode instances (disaggregated serving) each want their own rows.",
+    ),
+]
 
 
 def model_files(model: Path) -> list[tuple[str, Path]]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vibe_plan.commands.options import DispatchOpt, GpusOpt, OriginOpt, RoutingOpt
+from vibe_plan.commands.options import DispatchOpt, GpusOpt, OriginOpt, PhaseOpt, RoutingOpt
 from vibe_plan.defaults import CPSAT_WORKERS, TIME_LIMIT_S
 
 
@@ -86,6 +86,7 @@ def solve(
     ] = None,
     dispatch: DispatchOpt = "even",
     token_origin: OriginOpt = "uniform",
+    phase: PhaseOpt = "all",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Plan expert placement: heavy experts on fast GPUs, with a certified gap to optimal."""
@@ -116,7 +117,7 @@ def solve(
         dispatch=dispatch,
     )
     with progress(quiet) as bar:
-        run = solve_run(gpus, routing, opts, token_origin, progress=bar)
+        run = solve_run(gpus, routing, opts, token_origin, progress=bar, phase=phase)
     for note in run.notes:
         warn(note)
     meta = run.routing.meta

@@ -169,16 +169,25 @@ def evaluate_run(
     dispatch: str = "even",
     token_origin: str = "uniform",
     nodes: int | None = None,
+    phase: str = "all",
 ) -> EvaluateRun:
     """`vibe evaluate` as one call: read the profiles and every placement file (any format the
-    engines module reads), score each on every batch under the dispatch rule."""
+    engines module reads), score each on every batch (of `phase`: all, prefill or decode rows)
+    under the dispatch rule."""
     from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
     from vibe_plan.artifacts.gpu_profile import check_model_fit
+    from vibe_plan.artifacts.routing_profile import check_phase, rows_of_phase
 
     Dispatch(dispatch)  # an unknown rule fails before any file is read
+    check_phase(phase)
     gp = load_gpu_profile(gpus)
-    rp = load_routing_profile(routing)
+    rp, mixed = rows_of_phase(load_routing_profile(routing), routing, phase)
     notes = check_model_fit(gp, gpus, rp.expert_shape, rp.num_experts, routing)
+    if mixed:
+        notes.append(
+            f"{routing}: the routing profile mixes prefill and decode rows, so the means below "
+            "average both; --phase prefill or --phase decode scores one"
+        )
     rp, skipped = routed_batches(rp, routing)
     notes += skipped
     N = gp.node_count(nodes)
@@ -188,6 +197,12 @@ def evaluate_run(
     notes += read_notes
     scores = []
     for path, p in zip(placements, loaded, strict=True):
+        made_on = p.inputs.get("routing_phase", "all")
+        if made_on != phase:
+            notes.append(
+                f"{path}: made on the routing profile's {made_on} rows, scored on {phase} rows "
+                f"(--phase {made_on} scores what it was made for)"
+            )
         scores.append(score(str(path), gp, rp, p, rule))
         note = split_note(p.phy2log, p.num_gpus, rule, lids)
         if note:

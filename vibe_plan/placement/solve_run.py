@@ -12,7 +12,7 @@ from pathlib import Path
 from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
 from vibe_plan.artifacts.gpu_profile import GpuProfile, check_model_fit
 from vibe_plan.artifacts.io import sha256_file
-from vibe_plan.artifacts.routing_profile import RoutingProfile
+from vibe_plan.artifacts.routing_profile import RoutingProfile, check_phase, rows_of_phase
 from vibe_plan.cost.dispatch import Dispatch, origin_shares
 from vibe_plan.errors import VibeError
 from vibe_plan.placement.solve import (
@@ -67,12 +67,23 @@ def solve_run(
     token_origin: str = "uniform",
     compare: tuple[str, ...] = COMPARE,
     progress=None,
+    phase: str = "all",
 ) -> SolveRun:
-    """Plan with `opts.method`; `token_origin`: 'uniform' or weights per EP rank or per node."""
+    """Plan with `opts.method`; `token_origin`: 'uniform' or weights per EP rank or per node;
+    `phase`: plan on the routing profile's prefill or decode rows only, or on all of them."""
     check_options(opts)
+    check_phase(phase)
     gp = load_gpu_profile(gpus)
     rp = load_routing_profile(routing)
+    rp, mixed = rows_of_phase(rp, routing, phase)
     notes = check_inputs(gp, gpus, rp, routing)
+    if mixed:
+        # One mean load serves instances that run both phases, not disaggregated ones.
+        notes.append(
+            f"{routing}: the routing profile mixes prefill and decode rows; the plan is for "
+            "their mean load (instances that serve both). For separate prefill and decode "
+            "instances, solve each with --phase prefill / --phase decode"
+        )
     origin = origin_shares(token_origin, gp.num_gpus, gp.node_count(opts.nodes))
     opts = dataclasses.replace(opts, token_origin=origin)
     start = time.perf_counter()
@@ -82,6 +93,8 @@ def solve_run(
         "gpus_sha256": sha256_file(gpus),
         "routing_sha256": sha256_file(routing),
     }
+    if phase != "all":
+        result.placement.inputs["routing_phase"] = phase
     others = {}
     for name in compare:
         if name != opts.method:

@@ -104,18 +104,6 @@ def row_tokens(rp: RoutingProfile) -> tuple[np.ndarray, str]:
     )
 
 
-def row_phases(rp: RoutingProfile) -> list[str]:
-    """Phase of each row: meta.row_phase where present, else meta.phase for every row."""
-    B = rp.num_batches
-    rows = rp.meta.get("row_phase")
-    if rows is not None:
-        ok = isinstance(rows, list) and len(rows) == B
-        if not (ok and all(isinstance(x, str) for x in rows)):
-            raise VibeError(f"routing profile: meta.row_phase must list {B} phases, one per row")
-        return rows
-    return [str(rp.meta.get("phase") or "mixed")] * B
-
-
 class LoadSampler:
     """Expert loads [L, E] for an iteration's tokens, drawn from the profile's rows.
 
@@ -133,7 +121,7 @@ class LoadSampler:
         self.tokens, self.token_source = row_tokens(rp)
         self.draws = draws
         self.seed = seed
-        phases = np.asarray(row_phases(rp))
+        phases = np.asarray(rp.row_phases())
         usable = (self.tokens > 0) & (self.counts.sum(axis=(1, 2)) > 0)
         if not usable.any():
             raise VibeError("routing profile: no row holds any tokens; nothing to sample from")
