@@ -414,3 +414,29 @@ def test_solve_recalibrate_and_validate_import_no_torch(world):
     )
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stdout, res.stdout
+
+
+def test_a_plan_made_on_decode_rows_is_recalibrated_on_decode_rows(vibe, tmp_path):
+    from placement_inputs import SPEEDS as FLEET
+    from test_solve_cli import _two_phase_routing
+
+    gpus = write_gpus(tmp_path / "gpus.yaml", FLEET)
+    old = _two_phase_routing(tmp_path / "old.npz", ["decode", "decode"])
+    new = _two_phase_routing(tmp_path / "new.npz", ["prefill", "decode"] * 2, decode_seed=6)
+    assert vibe(*solve_args(gpus, old, tmp_path / "d.json", "--phase", "decode")).code == 0
+    out = tmp_path / "next.json"
+    r = vibe(
+        "recalibrate", "--placement", tmp_path / "d.json", "--gpus", gpus, "--routing", new,
+        "--out", out, "-q", "--time-limit", "0.02", "--jobs", "1", "--min-gain", "0", "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    assert "made on decode rows" in r.err
+    # Drift is measured between decode rows, not against the prefill-heavy mean of all rows.
+    rows = load_routing_profile(new)
+    decode = rows.select_rows(np.array(rows.meta["row_phase"]) == "decode").mean_load()
+    before = load_routing_profile(old).mean_load()
+    per_layer = json.loads(r.out)["drift"]["routing"]["per_layer"]
+    np.testing.assert_allclose(per_layer, total_variation(before, decode), atol=2e-3)
+    assert not np.allclose(per_layer, total_variation(before, rows.mean_load()), atol=2e-3)
+    if json.loads(r.out)["decision"] == "replace":
+        assert load_json(out)["inputs"]["routing_phase"] == "decode"

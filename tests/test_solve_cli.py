@@ -271,10 +271,10 @@ def test_interleaved_hosts_are_reported(vibe, tmp_path):
     assert r.code == 0 and "blocks" not in r.err
 
 
-def _two_phase_routing(path, phases):
+def _two_phase_routing(path, phases, decode_seed=5):
     """Prefill rows (2,048 tokens) and decode rows (64 tokens, other hot experts)."""
     pre = skewed_counts(4, 3, 16, tokens=2048, seed=0)
-    dec = skewed_counts(4, 3, 16, tokens=64, seed=5)
+    dec = skewed_counts(4, 3, 16, tokens=64, seed=decode_seed)
     rows = {"prefill": list(pre), "decode": list(dec)}
     counts = np.stack([rows[p].pop(0) for p in phases])  # each phase's rows in order
     return write_routing(path, counts, num_hidden_layers=5, row_phase=list(phases))

@@ -15,7 +15,7 @@ from vibe_plan.artifacts import load_gpu_profile, load_routing_profile
 from vibe_plan.artifacts.gpu_profile import GpuProfile
 from vibe_plan.artifacts.io import read_doc, require_file, sha256_file
 from vibe_plan.artifacts.placement import Placement, check_map
-from vibe_plan.artifacts.routing_profile import RoutingProfile
+from vibe_plan.artifacts.routing_profile import RoutingProfile, rows_of_phase
 from vibe_plan.cost import curves_of, gpu_times, imbalance, slot_gpu_times
 from vibe_plan.cost.dispatch import Dispatch, origin_shares, slot_tokens
 from vibe_plan.defaults import CPSAT_WORKERS, TIME_LIMIT_S
@@ -203,12 +203,18 @@ def recalibrate_run(
     if warns:
         more = f" (and {len(warns) - 1} more layers)" if len(warns) > 1 else ""
         notes.append(f"{path}: {warns[0]}{more}")
+    inputs = {"gpus_sha256": sha256_file(gpus), "routing_sha256": sha256_file(routing)}
+    phase = cur.inputs.get("routing_phase", "all")
+    if phase != "all":
+        # A plan made on one phase's rows (vibe solve --phase) is weighed on that phase again.
+        rp, _ = rows_of_phase(rp, routing, phase)
+        inputs["routing_phase"] = phase
+        notes.append(f"{path} was made on {phase} rows: using the new profile's {phase} rows")
     nodes = cur.num_nodes if fmt == "vibe" else gp.node_count()
     rule = _dispatch(cur, gp, rp, opts, nodes, notes)
     drift = drift_report(cur, gp, rp, old_gpus, old_routing, notes)
     settings = CpSatSettings(opts.time_limit, opts.workers, opts.seed)
-    hashes = (sha256_file(gpus), sha256_file(routing))
-    return plan_recalibration(cur, gp, rp, rule, drift, opts, settings, notes, progress, hashes)
+    return plan_recalibration(cur, gp, rp, rule, drift, opts, settings, notes, progress, inputs)
 
 
 def _dispatch(
@@ -244,7 +250,7 @@ def plan_recalibration(
     settings: CpSatSettings,
     notes: list[str],
     progress=None,
-    hashes: tuple[str, str] | None = None,
+    inputs: dict[str, str] | None = None,
 ) -> Recalibration:
     """Score the current placement, plan fresh and migration-aware, pick what the budget allows."""
     G, E, S = gp.num_gpus, rp.num_experts, cur.slots_per_gpu
@@ -379,7 +385,7 @@ def plan_recalibration(
         moves += [Move(lids[i], e, a, b, nbytes, per) for e, a, b in mv]
     moves.sort(key=lambda m: (-m.gain_us, m.layer_id, m.expert, m.to_gpu))
 
-    nxt = _next_placement(gp, rp, rule, next_map, fresh.placement, hashes)
+    nxt = _next_placement(gp, rp, rule, next_map, fresh.placement, inputs)
     return Recalibration(
         decision=decision,
         reason=reason,
@@ -450,7 +456,7 @@ def _next_placement(
     rule: Dispatch,
     phy2log: np.ndarray,
     fresh: Placement,
-    hashes: tuple[str, str] | None,
+    inputs: dict[str, str] | None,
 ) -> Placement:
     """The chosen plan as a vibe placement for the new profiles (what `vibe solve` records)."""
     lids = [int(x) for x in rp.layer_ids]
@@ -478,6 +484,6 @@ def _next_placement(
         method=METHOD,
         dispatch=dispatch_record(rule),
         predicted=predicted,
-        inputs={"gpus_sha256": hashes[0], "routing_sha256": hashes[1]} if hashes else {},
+        inputs=dict(inputs or {}),
         solved_for=solved_for_block(load, gp),
     )
