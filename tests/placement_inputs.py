@@ -177,3 +177,22 @@ def export_args(folder: Path) -> list[str]:
         fmt, name = spec.split("=")
         out += ["--export", f"{fmt}={folder / name}"]
     return out
+
+
+KEEP = b"an output that must survive a refused run\n"
+
+
+def assert_refused(vibe, args: list[Any], outs: list[Path], *needles: str) -> str:
+    """Exit 2, exactly one `error:` line, no traceback, every output byte-identical."""
+    for out in outs:
+        out.write_bytes(KEEP)
+    r = vibe(*args)
+    assert r.code == 2, (r.code, r.out, r.err)
+    errors = [line for line in r.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, r.err
+    assert "Traceback" not in r.err + r.out
+    for needle in needles:
+        assert needle in errors[0], (needle, errors[0])
+    for out in outs:
+        assert out.read_bytes() == KEEP, f"{out} was written by a refused run"
+    return errors[0]

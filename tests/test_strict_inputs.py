@@ -14,6 +14,7 @@ import pytest
 import yaml
 from placement_inputs import (
     SPEEDS,
+    assert_refused,
     gpu_dict,
     load_json,
     routing_meta,
@@ -21,24 +22,6 @@ from placement_inputs import (
     write_gpus,
     write_routing,
 )
-
-KEEP = b"an output that must survive a refused run\n"
-
-
-def _refused(vibe, args: list[Any], outs: list[Path], *needles: str) -> str:
-    """Exit 2, exactly one `error:` line, no traceback, every output byte-identical."""
-    for out in outs:
-        out.write_bytes(KEEP)
-    r = vibe(*args)
-    assert r.code == 2, (r.code, r.out, r.err)
-    errors = [line for line in r.err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, r.err
-    assert "Traceback" not in r.err + r.out
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    for out in outs:
-        assert out.read_bytes() == KEEP, f"{out} was written by a refused run"
-    return errors[0]
 
 
 def _solve(gpus: Path, routing: Path, out: Path, *extra: Any) -> list[Any]:
@@ -77,9 +60,11 @@ def planned(vibe, inputs):
 def test_all_zero_routing_is_refused_by_solve_and_evaluate(vibe, planned):
     gpus, routing, out, placement = planned
     write_routing(routing, np.zeros((4, 3, 16), np.int64), num_hidden_layers=5)
-    _refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], "no tokens routed")
+    assert_refused(
+        vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], "no tokens routed"
+    )
     csv = out / "t.csv"
-    _refused(vibe, _evaluate(gpus, routing, csv, placement), [csv], "no tokens routed")
+    assert_refused(vibe, _evaluate(gpus, routing, csv, placement), [csv], "no tokens routed")
 
 
 def test_a_layer_without_load_is_planned(vibe, inputs):
@@ -142,12 +127,12 @@ def _with_expert(routing: Path, hidden: int, intermediate: int, gated: bool = Tr
 def test_gpu_profile_for_another_expert_shape_is_refused(vibe, planned):
     gpus, routing, out, placement = planned  # the GPU profile is for a 64x128 gated expert
     _with_expert(routing, 2048, 768)
-    msg = _refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"])
+    msg = assert_refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"])
     assert "64x128 gated" in msg and "2048x768 gated" in msg and "profile the GPUs" in msg
     csv = out / "t.csv"
-    _refused(vibe, _evaluate(gpus, routing, csv, placement), [csv], "2048x768")
+    assert_refused(vibe, _evaluate(gpus, routing, csv, placement), [csv], "2048x768")
     _with_expert(routing, 64, 128, gated=False)
-    _refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], "ungated")
+    assert_refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], "ungated")
     _with_expert(routing, 64, 128)
     r = vibe(*_solve(gpus, routing, out / "ok.json"))
     assert r.code == 0, r.err
@@ -179,7 +164,7 @@ def test_plan_for_another_fleet_is_refused(vibe, planned):
     doc["gpus"][2]["uuid"] = "GPU-other-0002"
     other = write_gpus(out / "other.yaml", doc=doc)
     csv = out / "t.csv"
-    msg = _refused(vibe, _evaluate(other, routing, csv, placement), [csv], "rank 2")
+    msg = assert_refused(vibe, _evaluate(other, routing, csv, placement), [csv], "rank 2")
     assert "GPU-test-0002" in msg and "GPU-other-0002" in msg
     # Without UUIDs on one side there is nothing to compare: scored, with the hash warning.
     write_gpus(other, SPEEDS, uuids=False)
@@ -210,7 +195,7 @@ def test_a_gpu_listed_twice_is_refused(vibe, inputs, field, value, needle):
     doc = gpu_dict(SPEEDS)
     doc["gpus"][0 if field == "id" else 1][field] = value
     write_gpus(gpus, doc=doc)
-    _refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], needle, "once")
+    assert_refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], needle, "once")
 
 
 # ----- 3. engine files from another model --------------------------------------------------------
@@ -241,7 +226,9 @@ def test_sglang_rows_must_match_the_decoder_layers(vibe, exported):
     doc["physical_to_logical_map"] *= 3  # a model with 15 decoder layers
     files["sglang"].write_text(json.dumps(doc))
     csv = out / "t.csv"
-    _refused(vibe, _evaluate(gpus, routing, csv, files["sglang"]), [csv], "15 rows", "5 decoder")
+    assert_refused(
+        vibe, _evaluate(gpus, routing, csv, files["sglang"]), [csv], "15 rows", "5 decoder"
+    )
 
 
 @pytest.mark.parametrize(
@@ -260,7 +247,7 @@ def test_eplb_file_must_agree_with_itself_and_the_profile(vibe, exported, mutate
     mutate(doc)
     files["eplb"].write_text(json.dumps(doc))
     csv = out / "t.csv"
-    _refused(vibe, _evaluate(gpus, routing, csv, files["eplb"]), [csv], needle)
+    assert_refused(vibe, _evaluate(gpus, routing, csv, files["eplb"]), [csv], needle)
 
 
 def test_trtllm_num_slots_and_foreign_layers(vibe, exported):
@@ -268,7 +255,7 @@ def test_trtllm_num_slots_and_foreign_layers(vibe, exported):
     doc = yaml.safe_load(files["trtllm"].read_text())
     csv = out / "t.csv"
     files["trtllm"].write_text(yaml.safe_dump({**doc, "num_slots": 24}))
-    _refused(vibe, _evaluate(gpus, routing, csv, files["trtllm"]), [csv], "num_slots", "20")
+    assert_refused(vibe, _evaluate(gpus, routing, csv, files["trtllm"]), [csv], "num_slots", "20")
     assign = dict(doc["initial_global_assignments"])
     assign[7] = assign[1]
     files["trtllm"].write_text(yaml.safe_dump({**doc, "initial_global_assignments": assign}))
@@ -312,7 +299,7 @@ def test_bad_gpu_profile_fields(vibe, inputs, case):
     gpus, routing, out = inputs
     mutate, needle = BAD_GPU_FIELDS[case]
     write_gpus(gpus, doc=_gpu_case(mutate))
-    _refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], needle)
+    assert_refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], needle)
 
 
 BAD_META = {
@@ -337,7 +324,7 @@ def test_bad_routing_meta_fields(vibe, inputs, case):
     write_routing(routing, skewed_counts(4, 3, 16), meta=meta)
     out_file = out / "p.json"
     sglang = out / "p.sglang.json"
-    msg = _refused(
+    msg = assert_refused(
         vibe,
         _solve(gpus, routing, out_file, "--export", f"sglang={sglang}"),
         [out_file, sglang],
@@ -361,7 +348,7 @@ def test_huge_layer_ids_are_refused_before_any_allocation(vibe, inputs):
     write_routing(routing, counts, layer_ids=[1, 2, 10**9], meta=routing_meta(16, None))
     sglang = out / "s.json"
     args = _solve(gpus, routing, out / "p.json", "--export", f"sglang={sglang}")
-    _refused(vibe, args, [out / "p.json", sglang], "layer_ids")
+    assert_refused(vibe, args, [out / "p.json", sglang], "layer_ids")
 
 
 BAD_PLACEMENT = {
@@ -391,23 +378,25 @@ def test_bad_placement_fields(vibe, planned, case):
     mutate(doc)
     placement.write_text(json.dumps(doc))
     csv = out / "t.csv"
-    _refused(vibe, _evaluate(gpus, routing, csv, placement), [csv], needle)
+    assert_refused(vibe, _evaluate(gpus, routing, csv, placement), [csv], needle)
 
 
 def test_placement_with_nan_is_not_json(vibe, planned):
     gpus, routing, out, placement = planned
     placement.write_text(placement.read_text().replace('"imbalance": [', '"imbalance": [NaN, '))
     csv = out / "t.csv"
-    _refused(vibe, _evaluate(gpus, routing, csv, placement), [csv], "NaN")
+    assert_refused(vibe, _evaluate(gpus, routing, csv, placement), [csv], "NaN")
 
 
 def test_deeply_nested_documents(vibe, planned):
     gpus, routing, out, placement = planned
     csv = out / "t.csv"
     placement.write_text("[" * 100_000 + "]" * 100_000)
-    _refused(vibe, _evaluate(gpus, routing, csv, placement), [csv], "nested too deeply")
+    assert_refused(vibe, _evaluate(gpus, routing, csv, placement), [csv], "nested too deeply")
     gpus.write_text("a: " + "[" * 100_000 + "]" * 100_000 + "\n")
-    _refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], "nested too deeply")
+    assert_refused(
+        vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], "nested too deeply"
+    )
 
 
 @pytest.mark.parametrize("kind", ["npy", "text", "empty"])
@@ -418,7 +407,7 @@ def test_routing_that_is_not_an_npz(vibe, inputs, kind):
             np.save(f, skewed_counts(4, 3, 16))
     else:
         routing.write_text("counts,layer,expert\n1,2,3\n" if kind == "text" else "")
-    msg = _refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"])
+    msg = assert_refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"])
     assert "not an .npz routing profile" in msg and "pickle" not in msg
     if kind == "npy":
         assert "single .npy array" in msg
@@ -429,14 +418,14 @@ def test_unsigned_overflow_is_not_called_negative(vibe, inputs):
     counts = skewed_counts(4, 3, 16).astype(np.uint64)
     counts[0, 0, 0] = np.uint64(2**64 - 5)
     write_routing(routing, counts, num_hidden_layers=5)
-    msg = _refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], "counts")
+    msg = assert_refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], "counts")
     assert "negative" not in msg and "corrupt" in msg
 
 
 def test_yaml_errors_name_the_line(vibe, inputs):
     gpus, routing, out = inputs
     gpus.write_text("schema: vibe.gpu-profile/v1\nexpert: {hidden: 64\ngpus: []\n")
-    _refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], "line 3")
+    assert_refused(vibe, _solve(gpus, routing, out / "p.json"), [out / "p.json"], "line 3")
 
 
 def test_no_group_warning_without_groups(vibe, inputs):
@@ -445,170 +434,3 @@ def test_no_group_warning_without_groups(vibe, inputs):
     r = vibe(*_solve(gpus, routing, out / "p.json"))
     assert r.code == 0, r.err
     assert not any("expert groups" in w for w in _warnings(r.err)), r.err
-
-
-# ----- import-routing: configs and dumps ---------------------------------------------------------
-
-
-def _model(folder: Path, **overrides: Any) -> Path:
-    folder.mkdir(exist_ok=True)
-    cfg = {
-        "model_type": "qwen3_moe",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "moe_intermediate_size": 16,
-        "num_experts": 8,
-        "num_experts_per_tok": 2,
-        "num_hidden_layers": 2,
-        "hidden_act": "silu",
-        **overrides,
-    }
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return folder
-
-
-def _routed(seq: int, layers: int = 2, k: int = 2, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.stack([rng.permutation(8)[:k] for _ in range(seq * layers)]).reshape(seq, layers, k)
-
-
-def test_import_records_the_expert_shape(vibe, tmp_path):
-    np.save(tmp_path / "req.npy", _routed(6))
-    r = vibe("import-routing", tmp_path / "req.npy", "--out", tmp_path / "r.npz", "--model",
-             _model(tmp_path / "m"), "--quiet")  # fmt: skip
-    assert r.code == 0, r.err
-    from vibe_plan.artifacts import load_routing_profile
-
-    p = load_routing_profile(tmp_path / "r.npz")
-    assert p.meta["expert"] == {"hidden": 32, "intermediate": 16, "gated": True}
-    assert p.expert_shape == (32, 16, True)
-
-
-@pytest.mark.parametrize(
-    "overrides, needle",
-    [
-        ({"num_hidden_layers": "four"}, "num_hidden_layers"),
-        ({"num_hidden_layers": 10**9}, "num_hidden_layers"),
-        ({"num_experts": 10**9}, "num_experts"),
-    ],
-)
-def test_import_with_a_bad_config(vibe, tmp_path, overrides, needle):
-    np.save(tmp_path / "req.npy", _routed(6))
-    out = tmp_path / "r.npz"
-    args = ["import-routing", tmp_path / "req.npy", "--out", out, "--model"]
-    _refused(vibe, [*args, _model(tmp_path / "m", **overrides)], [out], needle)
-
-
-@pytest.mark.parametrize(
-    "array, needle",
-    [
-        (np.zeros((5, 2), np.int64), "shape [5, 2]"),
-        (np.zeros((0, 2, 2), np.int64), "empty"),
-        (np.full((3, 2, 2), -1, np.int64), "empty"),
-        (np.full((3, 2, 2), -7, np.int64), "-7"),
-        (np.full((3, 2, 2), 10**12, np.int64), "corrupt"),
-    ],
-)
-def test_bad_vllm_arrays(vibe, tmp_path, array, needle):
-    np.save(tmp_path / "req.npy", array)
-    out = tmp_path / "r.npz"
-    _refused(vibe, ["import-routing", tmp_path / "req.npy", "--out", out], [out], needle)
-
-
-def test_vllm_jsonl_lists_must_hold_integers(vibe, tmp_path):
-    src = tmp_path / "resp.jsonl"
-    out = tmp_path / "r.npz"
-    src.write_text(json.dumps({"routed_experts": [[[1.5, 2]]]}) + "\n")
-    _refused(vibe, ["import-routing", src, "--out", out], [out], "integer")
-    src.write_text('{"routed_experts": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
-    _refused(vibe, ["import-routing", src, "--out", out], [out], "nested too deeply")
-
-
-def test_trtllm_dump_counts_must_be_integers(vibe, tmp_path):
-    from safetensors.numpy import save_file
-
-    dump = tmp_path / "stats"
-    dump.mkdir()
-    out = tmp_path / "r.npz"
-    (dump / "meta_info.json").write_text('{"num_experts": 4, "num_experts_per_token": 1}')
-    save_file({"1_0": np.array([1.0, 2.5, 0.0, 3.0])}, str(dump / "rank0.safetensors"))
-    _refused(vibe, ["import-routing", dump, "--out", out], [out], "non-integer")
-    save_file({"1_0": np.array([1.0, -2.0, 0.0, 3.0])}, str(dump / "rank0.safetensors"))
-    _refused(vibe, ["import-routing", dump, "--out", out], [out], "negative counts")
-    save_file({"1_0": np.array([1.0, 2.0, 0.0, 3.0])}, str(dump / "rank0.safetensors"))
-    r = vibe("import-routing", dump, "--out", out, "--quiet")  # integral floats are counts
-    assert r.code == 0, r.err
-    (dump / "meta_info.json").write_text('{"num_experts": "four"}')
-    _refused(vibe, ["import-routing", dump, "--out", out], [out], "num_experts")
-
-
-# ----- 5. SGLang dumps (torch writes them) -------------------------------------------------------
-
-
-def _per_pass(tmp_path: Path, p2l: list[list[int]], phys: np.ndarray) -> Path:
-    torch = pytest.importorskip("torch")
-    path = tmp_path / "expert_distribution_recorder_1.0_0.pt"
-    records = [
-        {"forward_pass_id": i, "rank": 0, "global_physical_count": torch.from_numpy(phys[i])}
-        for i in range(len(phys))
-    ]
-    torch.save({"records": records, "last_physical_to_logical_map": torch.tensor(p2l)}, path)
-    return path
-
-
-def test_sglang_empty_slots_are_dropped(vibe, tmp_path):
-    p2l = [[0, 1, 2, 3, -1, -1], [3, 2, 1, 0, 0, -1]]
-    phys = np.full((2, 2, 6), 5, np.int64)
-    src = _per_pass(tmp_path, p2l, phys)
-    r = vibe("import-routing", src, "--out", tmp_path / "r.npz", "--quiet")
-    assert r.code == 0, r.err
-    from vibe_plan.artifacts import load_routing_profile
-
-    counts = load_routing_profile(tmp_path / "r.npz").counts
-    assert counts[:, 0].tolist() == [[5, 5, 5, 5]] * 2  # expert 3 gets no -1 slot's tokens
-    assert counts[:, 1].tolist() == [[10, 5, 5, 5]] * 2
-
-
-@pytest.mark.parametrize(
-    "phys, needle",
-    [
-        (np.full((2, 1, 4), 2.5), "non-integer"),
-        (np.full((2, 1, 4), -3, np.int64), "negative counts"),
-    ],
-)
-def test_sglang_counts_are_not_truncated(vibe, tmp_path, phys, needle):
-    src = _per_pass(tmp_path, [[0, 1, 2, 3]], phys)
-    out = tmp_path / "r.npz"
-    _refused(vibe, ["import-routing", src, "--out", out], [out], needle)
-
-
-def test_sglang_integral_float_counts_are_accepted(vibe, tmp_path):
-    src = _per_pass(tmp_path, [[0, 1, 2, 3]], np.full((2, 1, 4), 2.0))
-    r = vibe("import-routing", src, "--out", tmp_path / "r.npz", "--quiet")
-    assert r.code == 0, r.err
-
-
-def test_sglang_stat_rank_must_be_an_integer(vibe, tmp_path):
-    torch = pytest.importorskip("torch")
-    src = tmp_path / "expert_distribution_recorder_1.0.pt"
-    torch.save({"rank": "zero", "logical_count": torch.ones(2, 2, 4, dtype=torch.int32)}, src)
-    out = tmp_path / "r.npz"
-    _refused(vibe, ["import-routing", src, "--out", out], [out], "rank 'zero'")
-
-
-def test_profile_routing_records_the_expert_shape(vibe, tmp_path):
-    pytest.importorskip("transformers")
-    from routing_models import build_tiny_model
-
-    from vibe_plan.artifacts import load_routing_profile
-
-    model = build_tiny_model("qwen3_moe", tmp_path / "m")
-    trace = tmp_path / "p.jsonl"
-    trace.write_text(
-        "".join(json.dumps({"prompt": f"w{i} w{i + 1} w{i + 2}"}) + "\n" for i in range(4))
-    )
-    r = vibe("profile-routing", "--model", model, "--trace", trace, "--out", tmp_path / "r.npz",
-             "--quiet")  # fmt: skip
-    assert r.code == 0, r.err
-    meta = load_routing_profile(tmp_path / "r.npz").meta
-    assert meta["expert"] == {"hidden": 32, "intermediate": 16, "gated": True}
