@@ -4,6 +4,10 @@ can also write broken ones (the loaders must reject those, so they cannot be use
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +200,26 @@ def assert_refused(vibe, args: list[Any], outs: list[Path], *needles: str) -> st
     for out in outs:
         assert out.read_bytes() == KEEP, f"{out} was written by a refused run"
     return errors[0]
+
+
+def assert_runs_light(*commands: list[Any]) -> None:
+    """Run these vibe commands in one fresh interpreter: each exits 0, and none imports torch,
+    transformers or safetensors (the light core)."""
+    args = [[str(a) for a in c] for c in commands]
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from vibe_plan.cli import main
+        for args in {args!r}:
+            code = main(args)
+            assert code == 0, (args, code)
+        heavy = sorted(m for m in ("torch", "transformers", "safetensors") if m in sys.modules)
+        print("HEAVY", heavy)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stdout, res.stdout

@@ -4,14 +4,11 @@ budget, the gain-vs-moves table, the move list, and the no-partial-output rules.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 from placement_inputs import (
+    assert_runs_light,
     curve_times,
     load_json,
     placement_map,
@@ -392,28 +389,12 @@ def test_curve_times_helper_matches_the_slow_profile(world):
 
 def test_solve_recalibrate_and_validate_import_no_torch(world):
     w = world
-    script = textwrap.dedent(
-        f"""
-        import sys
-        from vibe_plan.cli import main
-        args = ["--gpus", {str(w["slow"])!r}, "--routing", {str(w["moved"])!r}]
-        code = main(["recalibrate", "--placement", {str(w["cur"])!r}, *args,
-                     "--out", {str(w["d"] / "n.json")!r}, "-q", "--time-limit", "0.02",
-                     "--jobs", "1", "--min-gain", "0"])
-        assert code == 0, code
-        code = main(["validate", {str(w["d"] / "n.json")!r}, *args,
-                     "--against", {str(w["cur"])!r}])
-        assert code == 0, code
-        heavy = sorted(m for m in ("torch", "transformers", "safetensors") if m in sys.modules)
-        print("HEAVY", heavy)
-        """
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
-    )
-    assert res.returncode == 0, res.stderr
-    assert "HEAVY []" in res.stdout, res.stdout
+    args = ["--gpus", w["slow"], "--routing", w["moved"]]
+    assert_runs_light(
+        ["recalibrate", "--placement", w["cur"], *args, "--out", w["d"] / "n.json", "-q",
+         "--time-limit", "0.02", "--jobs", "1", "--min-gain", "0"],
+        ["validate", w["d"] / "n.json", *args, "--against", w["cur"]],
+    )  # fmt: skip
 
 
 def test_a_plan_made_on_decode_rows_is_recalibrated_on_decode_rows(vibe, tmp_path):

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 from placement_inputs import (
     SPEEDS,
+    assert_runs_light,
     assert_valid_map,
     export_args,
     load_json,
@@ -234,28 +231,12 @@ def test_layer_without_tokens(vibe, tmp_path):
 
 def test_solve_and_evaluate_import_no_torch(inputs):
     gpus, routing, out = inputs
-    script = textwrap.dedent(
-        f"""
-        import sys
-        from vibe_plan.cli import main
-        code = main(["solve", "--gpus", {str(gpus)!r}, "--routing", {str(routing)!r},
-                     "--out", {str(out / "p.json")!r}, "-q", "--time-limit", "0.02",
-                     "--export", "sglang={out / "s.json"}", "--export", "trtllm={out / "t.yaml"}",
-                     "--export", "eplb={out / "e.json"}"])
-        assert code == 0, code
-        code = main(["evaluate", "--gpus", {str(gpus)!r}, "--routing", {str(routing)!r},
-                     {str(out / "p.json")!r}, {str(out / "s.json")!r}])
-        assert code == 0, code
-        heavy = sorted(m for m in ("torch", "transformers", "safetensors") if m in sys.modules)
-        print("HEAVY", heavy)
-        """
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
-    )
-    assert res.returncode == 0, res.stderr
-    assert "HEAVY []" in res.stdout, res.stdout
+    assert_runs_light(
+        ["solve", "--gpus", gpus, "--routing", routing, "--out", out / "p.json", "-q",
+         "--time-limit", "0.02", "--export", f"sglang={out / 's.json'}",
+         "--export", f"trtllm={out / 't.yaml'}", "--export", f"eplb={out / 'e.json'}"],
+        ["evaluate", "--gpus", gpus, "--routing", routing, out / "p.json", out / "s.json"],
+    )  # fmt: skip
     assert json.loads((out / "p.json").read_text())["method"] == "vibe"
 
 
