@@ -13,19 +13,13 @@ from vibe_plan.commands.options import (
     NodesOpt,
     OriginOpt,
     PhaseOpt,
+    PlacementsArg,
     RoutingOpt,
 )
 
 
 def evaluate(
-    placements: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Placement files: vibe JSON, SGLang init-expert-location JSON, TensorRT-LLM "
-            "load-balancer YAML or EPLB-style JSON.",
-            show_default=False,
-        ),
-    ],
+    placements: PlacementsArg,
     gpus: GpusOpt,
     routing: RoutingOpt,
     csv: Annotated[Path | None, typer.Option(help="Also write the table as CSV.")] = None,

@@ -37,6 +37,14 @@ OriginOpt = Annotated[
         "balanced), or comma-separated weights per rank or per node.",
     ),
 ]
+PLACEMENT_FORMATS = (
+    "vibe JSON, SGLang init-expert-location JSON, TensorRT-LLM load-balancer YAML or EPLB-style "
+    "JSON"
+)
+PlacementsArg = Annotated[
+    list[Path],
+    typer.Argument(help=f"Placement files: {PLACEMENT_FORMATS}.", show_default=False),
+]
 PhaseOpt = Annotated[
     str,
     typer.Option(

@@ -7,15 +7,21 @@ from typing import Annotated
 
 import typer
 
-from vibe_plan.commands.options import DispatchOpt, GpusOpt, NodesOpt, OriginOpt, RoutingOpt
+from vibe_plan.commands.options import (
+    PLACEMENT_FORMATS,
+    DispatchOpt,
+    GpusOpt,
+    NodesOpt,
+    OriginOpt,
+    RoutingOpt,
+)
 
 
 def report(
     placements: Annotated[
         list[Path],
         typer.Argument(
-            help="Placement files: vibe JSON, SGLang init-expert-location JSON, TensorRT-LLM "
-            "load-balancer YAML or EPLB-style JSON. The first is the reference (vs_first).",
+            help=f"Placement files: {PLACEMENT_FORMATS}. The first is the reference (vs_first).",
             show_default=False,
         ),
     ],

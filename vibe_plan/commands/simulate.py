@@ -7,7 +7,14 @@ from typing import Annotated, Any
 
 import typer
 
-from vibe_plan.commands.options import DispatchOpt, GpusOpt, NodesOpt, OriginOpt, RoutingOpt
+from vibe_plan.commands.options import (
+    DispatchOpt,
+    GpusOpt,
+    NodesOpt,
+    OriginOpt,
+    PlacementsArg,
+    RoutingOpt,
+)
 from vibe_plan.defaults import BATCH_TOKENS
 from vibe_plan.simulate.options import (
     A2A_US_PER_TOKEN,
@@ -25,14 +32,7 @@ TRACE_FORMATS = "auto|jsonl|sharegpt|azure|burstgpt|mooncake"
 
 
 def simulate(
-    placements: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Placement files: vibe JSON, SGLang init-expert-location JSON, TensorRT-LLM "
-            "load-balancer YAML or EPLB-style JSON.",
-            show_default=False,
-        ),
-    ],
+    placements: PlacementsArg,
     gpus: GpusOpt,
     routing: RoutingOpt,
     trace: Annotated[
