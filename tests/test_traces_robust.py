@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from routing_models import build_tiny_model  # noqa: E402
+from test_routing_traces import profile
 
 from vibe_plan.artifacts.routing_profile import load_routing_profile  # noqa: E402
 from vibe_plan.errors import VibeError  # noqa: E402
@@ -54,20 +55,7 @@ def assert_one_error(r: subprocess.CompletedProcess, out: Path, *expect: str) ->
 
 
 def replay(vibe, model_dir: Path, trace: Path, tmp_path: Path, name: str, *extra: str):
-    out = tmp_path / name
-    r = vibe(
-        "profile-routing",
-        "--model",
-        model_dir,
-        "--trace",
-        trace,
-        "--out",
-        out,
-        "--batch-tokens",
-        "64",
-        "--quiet",
-        *extra,
-    )
+    r, out = profile(vibe, model_dir, trace, tmp_path, *extra, name=name)
     assert r.code == 0, r.err
     return load_routing_profile(out)
 
