@@ -3,6 +3,7 @@ can also write broken ones (the loaders must reject those, so they cannot be use
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -223,3 +224,17 @@ def assert_runs_light(*commands: list[Any]) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stdout, res.stdout
+
+
+def brute_force_optimum(cost: np.ndarray, logcnt: np.ndarray, S: int) -> float:
+    """Brute force: every way to give each expert its replicas on distinct GPUs, S per GPU."""
+    E, G = cost.shape
+    best = np.inf
+    choices = [list(itertools.combinations(range(G), int(r))) for r in logcnt]
+    for pick in itertools.product(*choices):
+        gpus = np.zeros((E, G), dtype=bool)
+        for e, gs in enumerate(pick):
+            gpus[e, list(gs)] = True
+        if (gpus.sum(axis=0) == S).all():
+            best = min(best, float((cost * gpus).sum(axis=0).max()))
+    return best

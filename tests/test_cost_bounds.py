@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from placement_inputs import brute_force_optimum
 
 from vibe_plan.cost import (
     TimeCurve,
@@ -20,9 +21,11 @@ from vibe_plan.placement.bounds import (
     item_bound,
     lower_bound,
     lp_bound,
+    lp_relaxation,
     slot_bound,
     work_bound,
 )
+from vibe_plan.placement.config_bound import SLACK, best_sets, config_bound
 from vibe_plan.placement.heuristic import gpu_finish, items_of, local_search, lpt
 
 
@@ -198,21 +201,7 @@ def test_lp_bound_between_work_bound_and_heuristic():
         assert lp <= span * (1 + 1e-9)
 
 
-def _optimum(cost: np.ndarray, logcnt: np.ndarray, S: int) -> float:
-    """Brute force: every way to give each expert its replicas on distinct GPUs, S per GPU."""
-    E, G = cost.shape
-    best = np.inf
-    choices = [list(itertools.combinations(range(G), int(r))) for r in logcnt]
-    for pick in itertools.product(*choices):
-        gpus = np.zeros((E, G), dtype=bool)
-        for e, gs in enumerate(pick):
-            gpus[e, list(gs)] = True
-        if (gpus.sum(axis=0) == S).all():
-            best = min(best, float((cost * gpus).sum(axis=0).max()))
-    return best
-
-
-def test_crowding_bound_never_above_the_optimum():
+def test_crowding_bound_never_above_thebrute_force_optimum():
     rng = np.random.default_rng(7)
     checked = 0
     for _ in range(200):
@@ -222,7 +211,7 @@ def test_crowding_bound_never_above_the_optimum():
         for _ in range(G * S - E):
             logcnt[rng.choice(np.flatnonzero(logcnt < G))] += 1
         cost = _items(rng, E, G)
-        best = _optimum(cost, logcnt, S)
+        best = brute_force_optimum(cost, logcnt, S)
         if not np.isfinite(best):
             continue
         item_expert = items_of(logcnt)
@@ -238,7 +227,7 @@ def test_crowding_bound_sees_hot_experts_that_must_share_a_gpu():
     cost = np.array([[10.0] * 3, [9.0] * 3, [1.0] * 3, [1.0] * 3])
     logcnt = np.array([2, 2, 1, 1])
     item_expert = items_of(logcnt)
-    assert _optimum(cost, logcnt, 2) == pytest.approx(19.0)
+    assert brute_force_optimum(cost, logcnt, 2) == pytest.approx(19.0)
     assert crowding_bound(cost[item_expert], item_expert, 2) == pytest.approx(19.0)
     assert lp_bound(cost, logcnt, 2) < 19.0 * 0.9
 
@@ -253,3 +242,61 @@ def test_slot_bound_drops_crowding_where_a_gpu_holds_an_expert_twice():
     tokens = np.array([10.0, 9.0, 10.0, 9.0, 1.0, 1.0])
     assert slot_bound(curves, tokens, 2, spread) == pytest.approx(19.0)
     assert slot_bound(curves, tokens, 2) < 19.0
+
+
+def test_config_bound_never_above_thebrute_force_optimum():
+    # Valid for any item prices: the LP's (the informative ones) and random ones.
+    rng = np.random.default_rng(11)
+    checked = raised = 0
+    for _ in range(150):
+        G, S = int(rng.integers(2, 4)), int(rng.integers(1, 4))
+        E = int(rng.integers(S, G * S + 1))
+        logcnt = np.ones(E, dtype=np.int64)
+        for _ in range(G * S - E):
+            logcnt[rng.choice(np.flatnonzero(logcnt < G))] += 1
+        cost = _items(rng, E, G)
+        best = brute_force_optimum(cost, logcnt, S)
+        if not np.isfinite(best):
+            continue
+        lp, prices = lp_relaxation(cost, logcnt, S)
+        assert prices is not None
+        for y in (prices, rng.normal(size=E)):
+            got = config_bound(cost, logcnt, S, y, lp, best * 1.2)
+            assert lp <= got <= best * (1 + 1e-9)
+        raised += config_bound(cost, logcnt, S, prices, lp, best) > lp * (1 + 1e-3)
+        checked += 1
+    assert checked > 100
+    assert raised > 10  # it does more than repeat the LP
+
+
+def test_config_bound_knows_a_gpu_holds_whole_items():
+    # Two GPUs, two slots, items 3, 3, 3, 1: the LP balances 5 and 5, but some GPU holds two 3s.
+    cost = np.array([[3.0, 3.0], [3.0, 3.0], [3.0, 3.0], [1.0, 1.0]])
+    logcnt = np.ones(4, dtype=np.int64)
+    assert brute_force_optimum(cost, logcnt, 2) == pytest.approx(6.0)
+    lp, prices = lp_relaxation(cost, logcnt, 2)
+    assert lp == pytest.approx(5.0, rel=1e-5)
+    got = config_bound(cost, logcnt, 2, prices, lp, 6.0)
+    assert 6.0 * (1 - SLACK) <= got <= 6.0
+    # Prices that value the small item as much as the others prove nothing.
+    assert config_bound(cost, logcnt, 2, np.ones(4), lp, 6.0) == lp
+
+
+def test_best_sets_matches_enumeration():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        n, S = int(rng.integers(3, 8)), int(rng.integers(1, 4))
+        weight = rng.integers(0, 12, size=n)
+        value = rng.integers(-50, 50, size=n)
+        cap = int(rng.integers(0, 40))
+        best = best_sets(weight, value, S, cap)
+        for c in range(cap + 1):
+            sets = [
+                value[list(k)].sum()
+                for k in itertools.combinations(range(n), S)
+                if weight[list(k)].sum() <= c
+            ]
+            if sets:
+                assert best[c] == max(sets)
+            else:
+                assert best[c] < -(1 << 28)

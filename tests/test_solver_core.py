@@ -8,6 +8,7 @@ import itertools
 
 import numpy as np
 import pytest
+from placement_inputs import brute_force_optimum
 
 from vibe_plan.cost import TimeCurve, expert_time
 from vibe_plan.placement.bounds import lp_bound
@@ -277,3 +278,18 @@ def test_grouped_layer_stops_nodes_at_the_slowest_but_keeps_its_makespan(seed):
     cnt = np.bincount(plan.phy2log, minlength=E)
     span = max(expert_time([curves[g]], load[row[g]] / cnt[row[g]]).sum() for g in range(N * per))
     assert span == pytest.approx(plan.makespan_us, rel=1e-9)
+
+
+def test_a_layer_the_lp_cannot_certify_gets_the_configuration_bound():
+    # Six experts on a GPU and one 1.2x slower, three slots each: the LP balances whole and
+    # fractional experts, the analytic bounds are below too; without CP-SAT, the configuration
+    # bound is what certifies the plan.
+    curves = [TimeCurve.from_points([1, 100], [f, 100.0 * f]) for f in (1.0, 1.2)]
+    load = np.array([17.0, 13.0, 10.0, 6.0, 6.0, 1.0])
+    plan = plan_layer(load, curves, 3, CpSatSettings(time_limit=0.0))
+    cost = expert_time(curves, load)
+    ones = np.ones(6, dtype=np.int64)
+    assert plan.makespan_us == pytest.approx(brute_force_optimum(cost, ones, 3))
+    assert plan.status == "config"
+    assert lp_bound(cost, ones, 3) < plan.makespan_us * (1 - 2e-3)  # 0.3% below: uncertified
+    assert plan.makespan_us * (1 - 1e-3) <= plan.lower_bound_us <= plan.makespan_us

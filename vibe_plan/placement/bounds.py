@@ -109,6 +109,17 @@ def lp_bound(
     S slots per GPU, and with `node_of` at most one replica per node. Tighter than the analytic
     bounds when the GPUs' speed ranking changes along the curve. cost [E, G] is one replica's
     time."""
+    return lp_relaxation(cost, logcnt, slots_per_gpu, node_of)[0]
+
+
+def lp_relaxation(
+    cost: np.ndarray,
+    logcnt: np.ndarray,
+    slots_per_gpu: int,
+    node_of: np.ndarray | None = None,
+) -> tuple[float, np.ndarray | None]:
+    """`lp_bound` and the LP's price of each expert (the duals of its replica-count rows: what
+    one more replica of it would cost the makespan), or None where GLOP found no optimum."""
     from ortools.linear_solver import pywraplp
 
     E, G = cost.shape
@@ -116,9 +127,11 @@ def lp_bound(
     solver = pywraplp.Solver.CreateSolver("GLOP")
     x = [[solver.NumVar(0.0, 1.0, "") for _ in range(G)] for _ in range(E)]
     T = solver.NumVar(0.0, solver.infinity(), "T")
+    counts = []
     # Coefficients set one by one: the natural-language API is ten times slower to build.
     for e in range(E):
         ct = solver.Constraint(float(logcnt[e]), float(logcnt[e]))
+        counts.append(ct)
         for g in range(G):
             ct.SetCoefficient(x[e][g], 1.0)
     for g in range(G):
@@ -141,9 +154,10 @@ def lp_bound(
     solver.Objective().SetCoefficient(T, 1.0)
     solver.Objective().SetMinimization()
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
-        return 0.0
+        return 0.0, None
+    prices = np.array([ct.dual_value() for ct in counts])
     # GLOP's tolerances are ~1e-7 relative; shave that off so the bound stays valid.
-    return float(T.solution_value()) * scale * (1 - 1e-6)
+    return float(T.solution_value()) * scale * (1 - 1e-6), prices
 
 
 def own_bound(curves: list[TimeCurve], row: np.ndarray, load: np.ndarray, slots: int) -> float:

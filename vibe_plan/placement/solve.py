@@ -32,7 +32,13 @@ from vibe_plan.placement.drift import solved_for_block
 from vibe_plan.placement.eplb import rebalance_experts
 from vibe_plan.placement.global_bound import global_bound
 from vibe_plan.placement.groups import groups_to_nodes
-from vibe_plan.placement.layer import LayerPlan, improve_layer, plan_layer, start_layer
+from vibe_plan.placement.layer import (
+    LayerPlan,
+    improve_layer,
+    plan_layer,
+    start_layer,
+    tighten_bound,
+)
 from vibe_plan.placement.polish import polish_layer
 
 METHODS = ("vibe", "eplb", "linear", "round_robin")
@@ -436,6 +442,13 @@ def _plan_grouped(load, curves, prob: Problem, settings: CpSatSettings) -> Layer
         plan = improve_layer(starts[n], settings, accept_us=max(span, bound * (1 + TARGET_GAP)))
         plans[n], span = plan, max(span, plan.makespan_us)
     done = [p for p in plans if p is not None]
+    # Only a node whose plan is above the layer's bound can raise it: the slowest first.
+    layer_bound = max(bound, *(p.lower_bound_us for p in done))
+    for n in sorted(range(N), key=lambda n: (-done[n].makespan_us, n)):
+        if span <= layer_bound * (1 + TARGET_GAP) or done[n].makespan_us <= layer_bound:
+            break
+        done[n] = tighten_bound(starts[n], done[n])
+        layer_bound = max(layer_bound, done[n].lower_bound_us)
     rows = [node_experts[n][p.phy2log] for n, p in enumerate(done)]
     statuses = [p.status for p in done]
     status = "bound" if all(s == "bound" for s in statuses) else "/".join(sorted(set(statuses)))
