@@ -201,7 +201,7 @@ def test_lp_bound_between_work_bound_and_heuristic():
         assert lp <= span * (1 + 1e-9)
 
 
-def test_crowding_bound_never_above_thebrute_force_optimum():
+def test_crowding_bound_never_above_the_optimum():
     rng = np.random.default_rng(7)
     checked = 0
     for _ in range(200):
@@ -244,7 +244,7 @@ def test_slot_bound_drops_crowding_where_a_gpu_holds_an_expert_twice():
     assert slot_bound(curves, tokens, 2) < 19.0
 
 
-def test_config_bound_never_above_thebrute_force_optimum():
+def test_config_bound_never_above_the_optimum():
     # Valid for any item prices: the LP's (the informative ones) and random ones.
     rng = np.random.default_rng(11)
     checked = raised = 0
@@ -258,7 +258,8 @@ def test_config_bound_never_above_thebrute_force_optimum():
         best = brute_force_optimum(cost, logcnt, S)
         if not np.isfinite(best):
             continue
-        lp, prices = lp_relaxation(cost, logcnt, S)
+        relaxed = lp_relaxation(cost, logcnt, S)
+        lp, prices = relaxed.bound, relaxed.prices
         assert prices is not None
         for y in (prices, rng.normal(size=E)):
             got = config_bound(cost, logcnt, S, y, lp, best * 1.2)
@@ -274,7 +275,9 @@ def test_config_bound_knows_a_gpu_holds_whole_items():
     cost = np.array([[3.0, 3.0], [3.0, 3.0], [3.0, 3.0], [1.0, 1.0]])
     logcnt = np.ones(4, dtype=np.int64)
     assert brute_force_optimum(cost, logcnt, 2) == pytest.approx(6.0)
-    lp, prices = lp_relaxation(cost, logcnt, 2)
+    relaxed = lp_relaxation(cost, logcnt, 2)
+    lp, prices = relaxed.bound, relaxed.prices
+    assert prices is not None
     assert lp == pytest.approx(5.0, rel=1e-5)
     got = config_bound(cost, logcnt, 2, prices, lp, 6.0)
     assert 6.0 * (1 - SLACK) <= got <= 6.0

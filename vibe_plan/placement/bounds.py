@@ -7,6 +7,8 @@ known, the crowding bound (no GPU holds two replicas of one expert).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from vibe_plan.cost import TimeCurve, expert_time
@@ -109,7 +111,14 @@ def lp_bound(
     S slots per GPU, and with `node_of` at most one replica per node. Tighter than the analytic
     bounds when the GPUs' speed ranking changes along the curve. cost [E, G] is one replica's
     time."""
-    return lp_relaxation(cost, logcnt, slots_per_gpu, node_of)[0]
+    return lp_relaxation(cost, logcnt, slots_per_gpu, node_of).bound
+
+
+@dataclass(frozen=True)
+class LpRelaxation:
+    bound: float
+    # Each expert's price: the dual of its replica-count row (what one more replica would cost).
+    prices: np.ndarray | None = None
 
 
 def lp_relaxation(
@@ -117,9 +126,8 @@ def lp_relaxation(
     logcnt: np.ndarray,
     slots_per_gpu: int,
     node_of: np.ndarray | None = None,
-) -> tuple[float, np.ndarray | None]:
-    """`lp_bound` and the LP's price of each expert (the duals of its replica-count rows: what
-    one more replica of it would cost the makespan), or None where GLOP found no optimum."""
+) -> LpRelaxation:
+    """`lp_bound`, with the LP's solution where GLOP found its optimum."""
     from ortools.linear_solver import pywraplp
 
     E, G = cost.shape
@@ -154,10 +162,12 @@ def lp_relaxation(
     solver.Objective().SetCoefficient(T, 1.0)
     solver.Objective().SetMinimization()
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
-        return 0.0, None
-    prices = np.array([ct.dual_value() for ct in counts])
+        return LpRelaxation(0.0)
     # GLOP's tolerances are ~1e-7 relative; shave that off so the bound stays valid.
-    return float(T.solution_value()) * scale * (1 - 1e-6), prices
+    return LpRelaxation(
+        float(T.solution_value()) * scale * (1 - 1e-6),
+        np.array([ct.dual_value() for ct in counts]),
+    )
 
 
 def own_bound(curves: list[TimeCurve], row: np.ndarray, load: np.ndarray, slots: int) -> float:

@@ -101,8 +101,8 @@ def start_layer(
     exact = cost.size <= EXACT_MAX_CELLS
     prices = None
     if makespan > bound * (1 + target_gap) and exact:
-        lp, prices = lp_relaxation(cost, logcnt, slots, node_of=node_of)
-        bound = max(bound, lp)
+        lp = lp_relaxation(cost, logcnt, slots, node_of=node_of)
+        bound, prices = max(bound, lp.bound), lp.prices
         status = "lp"
     return LayerStart(
         load,
