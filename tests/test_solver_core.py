@@ -290,6 +290,6 @@ def test_a_layer_the_lp_cannot_certify_gets_the_configuration_bound():
     cost = expert_time(curves, load)
     ones = np.ones(6, dtype=np.int64)
     assert plan.makespan_us == pytest.approx(brute_force_optimum(cost, ones, 3))
-    assert plan.status == "config"
+    assert plan.status == "lp+config"
     assert lp_bound(cost, ones, 3) < plan.makespan_us * (1 - 2e-3)  # 0.3% below: uncertified
     assert plan.makespan_us * (1 - 1e-3) <= plan.lower_bound_us <= plan.makespan_us

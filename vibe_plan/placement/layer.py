@@ -33,8 +33,8 @@ class LayerPlan:
     makespan_us: float
     lower_bound_us: float
     heuristic_us: float  # makespan of the start plan, before CP-SAT
-    # what gave the bound: "bound" (analytic), "lp" (LP relaxation), "cpsat-<status>", "config"
-    # (the configuration bound, which knows a GPU holds S whole items)
+    # what gave the bound: "bound" (analytic), "lp" (LP relaxation) or "cpsat-<status>", with
+    # "+config" where the configuration bound (a GPU holds S whole items) then raised it
     status: str
 
 
@@ -193,7 +193,7 @@ def tighten_bound(start: LayerStart, plan: LayerPlan, target_gap: float = TARGET
     )
     if bound <= plan.lower_bound_us:
         return plan
-    return replace(plan, lower_bound_us=bound, status="config")
+    return replace(plan, lower_bound_us=bound, status=plan.status + "+config")
 
 
 def cpsat_can_close(cost: np.ndarray, slots: int, gap: float) -> bool:
