@@ -5,6 +5,7 @@ bound relative to the LP bound: a better plan found means the heuristic left som
 that moves means the LP bound is loose (no plan can be certified within 0.1% of the LP bound
 where CP-SAT proves the optimum is more than 0.1% above it).
 Usage: python benchmarks/gap_probe.py [--layers 3] [--seconds 20] [--fleet regular|varied]
+                                      [--node N]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--fleet", choices=("regular", "varied"), default="regular")
+    ap.add_argument("--node", type=int, default=None, help="only this node of each layer")
     args = ap.parse_args()
     inst = next(i for i in INSTANCES if i.name == "deepseek-v3 EP32+32")
     if args.fleet == "varied":
@@ -66,6 +68,8 @@ def main() -> None:
         load = plan.mean_load()[layer]
         row = res.placement.phy2log[layer]
         for n, node in enumerate(groups_to_nodes(load, curves, K, N)):
+            if args.node is not None and n != args.node:
+                continue
             experts = np.concatenate([np.arange(k * size, (k + 1) * size) for k in node])
             node_curves = curves[n * G : (n + 1) * G]
             cnt = replica_counts(load[experts], G * S, node_curves, G)
