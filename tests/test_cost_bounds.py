@@ -201,10 +201,10 @@ def test_lp_bound_between_work_bound_and_heuristic():
         assert lp <= span * (1 + 1e-9)
 
 
-def test_crowding_bound_never_above_the_optimum():
-    rng = np.random.default_rng(7)
-    checked = 0
-    for _ in range(200):
+def _tiny_instances(seed: int, tries: int):
+    """Random instances small enough to brute-force, with their optimum: (cost, logcnt, S, best)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(tries):
         G, S = int(rng.integers(2, 4)), int(rng.integers(1, 4))
         E = int(rng.integers(S, G * S + 1))
         logcnt = np.ones(E, dtype=np.int64)
@@ -212,8 +212,13 @@ def test_crowding_bound_never_above_the_optimum():
             logcnt[rng.choice(np.flatnonzero(logcnt < G))] += 1
         cost = _items(rng, E, G)
         best = brute_force_optimum(cost, logcnt, S)
-        if not np.isfinite(best):
-            continue
+        if np.isfinite(best):
+            yield cost, logcnt, S, best
+
+
+def test_crowding_bound_never_above_the_optimum():
+    checked = 0
+    for cost, logcnt, S, best in _tiny_instances(7, 200):
         item_expert = items_of(logcnt)
         assert crowding_bound(cost[item_expert], item_expert, S) <= best * (1 + 1e-9)
         assert lower_bound(cost[item_expert], S, item_expert) <= best * (1 + 1e-9)
@@ -246,22 +251,13 @@ def test_slot_bound_drops_crowding_where_a_gpu_holds_an_expert_twice():
 
 def test_config_bound_never_above_the_optimum():
     # Valid for any item prices: the LP's (the informative ones) and random ones.
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(12)
     checked = raised = 0
-    for _ in range(150):
-        G, S = int(rng.integers(2, 4)), int(rng.integers(1, 4))
-        E = int(rng.integers(S, G * S + 1))
-        logcnt = np.ones(E, dtype=np.int64)
-        for _ in range(G * S - E):
-            logcnt[rng.choice(np.flatnonzero(logcnt < G))] += 1
-        cost = _items(rng, E, G)
-        best = brute_force_optimum(cost, logcnt, S)
-        if not np.isfinite(best):
-            continue
+    for cost, logcnt, S, best in _tiny_instances(11, 150):
         relaxed = lp_relaxation(cost, logcnt, S)
         lp, prices = relaxed.bound, relaxed.prices
         assert prices is not None
-        for y in (prices, rng.normal(size=E)):
+        for y in (prices, rng.normal(size=len(logcnt))):
             got = config_bound(cost, logcnt, S, y, lp, best * 1.2)
             assert lp <= got <= best * (1 + 1e-9)
         raised += config_bound(cost, logcnt, S, prices, lp, best) > lp * (1 + 1e-3)
