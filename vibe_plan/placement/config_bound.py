@@ -21,6 +21,7 @@ SLACK = 2e-4
 CONFIG_MAX_WORK = 50_000
 _PRICE_UNITS = 1 << 20  # prices are scaled to integers: the test below is then exact
 _NONE = np.int32(-(1 << 30))  # "no S-set fits"
+_ROUND = 1e-6  # grid units; float error on a grid of at most ~10^5 units is ~10^-11
 
 
 def config_bound_fits(num_experts: int, num_gpus: int, slots: int) -> bool:
@@ -48,10 +49,12 @@ def config_bound(
     floor = cost.min(axis=0)
     for g in range(G):
         # Every set holds S items: costs above the GPU's cheapest item keep the grid short.
-        cap = int(np.floor((hi + res - S * floor[g]) / res))
-        weight = np.floor((cost[:, g] - floor[g]) / res).astype(np.int64)
+        cap = int(np.floor((hi + res - S * floor[g]) / res + _ROUND))
+        # Rounding errs towards lighter sets and larger capacities: float error cannot make
+        # the test refuse a T that some plan reaches.
+        weight = np.maximum(np.floor((cost[:, g] - floor[g]) / res - _ROUND), 0).astype(np.int64)
         best = best_sets(weight, y, S, cap)
-        at = np.floor(((steps + 1) * res - S * floor[g]) / res).astype(np.int64)
+        at = np.floor(((steps + 1) * res - S * floor[g]) / res + _ROUND).astype(np.int64)
         fits = best[np.clip(at, 0, cap)].astype(np.int64)
         total += np.where((at < 0) | (fits < _NONE // 2), np.iinfo(np.int32).min, fits)
     reached = np.flatnonzero(total >= need)

@@ -175,7 +175,7 @@ def improve_layer(
 
 def tighten_bound(start: LayerStart, plan: LayerPlan, target_gap: float = TARGET_GAP) -> LayerPlan:
     """Raise the bound of a plan still more than `target_gap` above it with the configuration
-    bound (0.05-0.2% above the LP on 8-GPU nodes of 9 slots, where the LP's fractional balance is
+    bound (0.03-0.2% above the LP on 8-GPU nodes of 9 slots, where the LP's fractional balance is
     out of reach), where the LP ran and the knapsacks are small. Node constraints (`node_of`) are
     left out of it, which keeps it valid."""
     if plan.makespan_us <= plan.lower_bound_us * (1 + target_gap) or start.prices is None:
