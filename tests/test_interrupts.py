@@ -154,3 +154,20 @@ def test_closed_stdout_only_cuts_the_report(inputs):
     assert proc.wait(timeout=60) == 0, err
     assert err == "", err
     assert (out / "p.json").is_file()
+
+
+def test_ctrl_c_while_the_command_line_loads_is_one_line(monkeypatch, capsys):
+    # The entry point imports typer, rich and every command first (about 0.1 s): a Ctrl-C then
+    # used to print a traceback. The import now raises KeyboardInterrupt on purpose.
+    from vibe_plan import launch
+
+    class CtrlC:
+        def find_spec(self, name, path=None, target=None):
+            if name == "vibe_plan.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "vibe_plan.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlC(), *sys.meta_path])
+    assert launch.main(["solve", "--help"]) == 130
+    assert capsys.readouterr().err == INTERRUPTED + "\n"

@@ -247,7 +247,3 @@ def _pipe_safe_streams() -> Iterator[None]:
         yield
     finally:
         sys.stdout, sys.stderr = old_out, old_err
-
-
-def run() -> None:
-    sys.exit(main())
