@@ -116,6 +116,8 @@ def lp_bound(
 
 @dataclass(frozen=True)
 class LpRelaxation:
+    """The LP relaxation's bound and what the configuration bound needs of its solution."""
+
     bound: float
     # Each expert's price: the dual of its replica-count row (what one more replica would cost).
     prices: np.ndarray | None = None
@@ -127,7 +129,8 @@ def lp_relaxation(
     slots_per_gpu: int,
     node_of: np.ndarray | None = None,
 ) -> LpRelaxation:
-    """`lp_bound`, with the LP's solution where GLOP found its optimum."""
+    """`lp_bound`, with the LP's expert prices where GLOP found its optimum (the configuration
+    bound prices experts with them)."""
     from ortools.linear_solver import pywraplp
 
     E, G = cost.shape
