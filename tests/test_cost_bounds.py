@@ -25,7 +25,7 @@ from vibe_plan.placement.bounds import (
     slot_bound,
     work_bound,
 )
-from vibe_plan.placement.config_bound import SLACK, best_sets, config_bound
+from vibe_plan.placement.config_bound import LARGE_SLACK, SLACK, best_sets, config_bound
 from vibe_plan.placement.heuristic import gpu_finish, items_of, local_search, lpt
 
 
@@ -257,9 +257,10 @@ def test_config_bound_never_above_the_optimum():
         relaxed = lp_relaxation(cost, logcnt, S)
         lp, prices = relaxed.bound, relaxed.prices
         assert prices is not None
-        for y in (prices, rng.normal(size=len(logcnt))):
-            got = config_bound(cost, logcnt, S, y, lp, best * 1.2)
-            assert lp <= got <= best * (1 + 1e-9)
+        for y in (prices, rng.normal(size=len(logcnt)), cost.mean(axis=1)):
+            for slack in (SLACK, LARGE_SLACK):
+                got = config_bound(cost, logcnt, S, y, lp, best * 1.2, slack)
+                assert lp <= got <= best * (1 + 1e-9)
         raised += config_bound(cost, logcnt, S, prices, lp, best) > lp * (1 + 1e-3)
         checked += 1
     assert checked > 100

@@ -11,7 +11,9 @@ import pytest
 from placement_inputs import brute_force_optimum
 
 from vibe_plan.cost import TimeCurve, expert_time
-from vibe_plan.placement.bounds import lp_bound
+from vibe_plan.placement import layer
+from vibe_plan.placement.bounds import lower_bound, lp_bound
+from vibe_plan.placement.config_bound import LARGE_SLACK
 from vibe_plan.placement.cpsat import CpSatSettings, solve_layer
 from vibe_plan.placement.heuristic import (
     items_of,
@@ -293,3 +295,17 @@ def test_a_layer_the_lp_cannot_certify_gets_the_configuration_bound():
     assert plan.status == "lp+config"
     assert lp_bound(cost, ones, 3) < plan.makespan_us * (1 - 2e-3)  # 0.3% below: uncertified
     assert plan.makespan_us * (1 - 1e-3) <= plan.lower_bound_us <= plan.makespan_us
+
+
+def test_a_layer_too_large_for_the_lp_gets_the_configuration_bound_too(monkeypatch):
+    # Above EXACT_MAX_CELLS (EP128 and up) neither the LP nor CP-SAT runs; the configuration bound
+    # then prices experts at their mean time, on a coarser grid. Made small here by lowering the
+    # size limit.
+    monkeypatch.setattr(layer, "EXACT_MAX_CELLS", 0)
+    curves = [TimeCurve.from_points([1, 100], [f, 100.0 * f]) for f in (1.0, 1.2)]
+    load = np.array([17.0, 13.0, 10.0, 6.0, 6.0, 1.0])
+    plan = plan_layer(load, curves, 3, CpSatSettings())
+    cost = expert_time(curves, load)
+    assert plan.status == "bound+config"
+    assert lower_bound(cost, 3, np.arange(6)) < plan.makespan_us * (1 - 2e-3)
+    assert plan.makespan_us * (1 - LARGE_SLACK) <= plan.lower_bound_us <= plan.makespan_us

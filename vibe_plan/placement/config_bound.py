@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 
-# Costs are rounded down to a grid of SLACK * T / S: the sets found may overrun T by at most
-# SLACK * T, so the bound loses at most that much, and stays valid.
+# Costs are rounded down to a grid of `slack` * T / S: the sets found may overrun T by at most
+# `slack` * T, so the bound loses at most that much, and stays valid.
 SLACK = 2e-4
-# Knapsack work grows as experts x GPUs x S^2 / SLACK (int32 cells); above this many experts x
+# Knapsack work grows as experts x GPUs x S^2 / slack (int32 cells); above this many experts x
 # GPUs x S^2 (a DeepSeek-V3 node of 64 experts on 8 GPUs x 9 slots is 41,472: about 30 ms on one
 # core) the bound costs more than the search it certifies.
 CONFIG_MAX_WORK = 50_000
+# Layers too large for the LP (EP128 and up, 2-4 slots per GPU) get the bound on a coarser grid,
+# priced without the LP; there the analytic bound leaves 1-6%, so 0.2% of grid is cheap.
+LARGE_SLACK = 2e-3
+LARGE_MAX_WORK = 1_000_000
 _PRICE_UNITS = 1 << 20  # prices are scaled to integers: the test below is then exact
 _NONE = np.int32(-(1 << 30))  # "no S-set fits"
 _ROUND = 1e-6  # grid units; float error on a grid of at most ~10^5 units is ~10^-11
@@ -28,8 +32,18 @@ def config_bound_fits(num_experts: int, num_gpus: int, slots: int) -> bool:
     return num_experts * num_gpus * slots * slots <= CONFIG_MAX_WORK
 
 
+def large_config_bound_fits(num_experts: int, num_gpus: int, slots: int) -> bool:
+    return num_experts * num_gpus * slots * slots <= LARGE_MAX_WORK
+
+
 def config_bound(
-    cost: np.ndarray, logcnt: np.ndarray, slots: int, prices: np.ndarray, lo: float, hi: float
+    cost: np.ndarray,
+    logcnt: np.ndarray,
+    slots: int,
+    prices: np.ndarray,
+    lo: float,
+    hi: float,
+    slack: float = SLACK,
 ) -> float:
     """Largest T in [lo, hi] below which no plan exists, by the test above. cost [E, G]: one
     replica of e on g; logcnt [E]: replicas per expert; prices [E]: any item prices (the LP
@@ -41,7 +55,7 @@ def config_bound(
         return lo
     y = _integer_prices(prices)
     need = int((logcnt.astype(np.int64) * y).sum())
-    res = hi * SLACK / S
+    res = hi * slack / S
     # One test per grid step of T in [lo, hi]; K_g is read at the step's upper end, so a T
     # anywhere inside the step is covered.
     steps = np.arange(int(np.floor(lo / res)), int(np.ceil(hi / res)) + 1)
