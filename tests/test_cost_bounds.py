@@ -22,6 +22,7 @@ from vibe_plan.placement.bounds import (
     lower_bound,
     lp_bound,
     lp_relaxation,
+    pairing_bound,
     slot_bound,
     work_bound,
 )
@@ -224,6 +225,28 @@ def test_crowding_bound_never_above_the_optimum():
         assert lower_bound(cost[item_expert], S, item_expert) <= best * (1 + 1e-9)
         checked += 1
     assert checked > 100
+
+
+def test_pairing_bound_never_above_the_optimum():
+    checked = 0
+    for cost, logcnt, S, best in _tiny_instances(5, 200):
+        p = cost[items_of(logcnt)]
+        assert pairing_bound(p, S) <= best * (1 + 1e-9)
+        checked += 1
+    assert checked > 100
+
+
+def test_pairing_bound_sees_that_hot_items_must_pair_with_each_other():
+    # Four GPUs, two slots: of the six costliest items (11, 11, 10, 9, 6, 6) two GPUs hold two, at
+    # best 10 + 6 and 9 + 6. Work (14), the largest item plus the smallest (12) and the cheapest
+    # pair forced onto one GPU (15) all stay below the optimum, 16.
+    p = np.repeat(np.array([[11.0], [11.0], [10.0], [9.0], [6.0], [6.0], [2.0], [1.0]]), 4, axis=1)
+    experts = np.arange(8)
+    assert brute_force_optimum(p, np.ones(8, dtype=np.int64), 2) == pytest.approx(16.0)
+    assert pairing_bound(p, 2) == pytest.approx(16.0)
+    others = [work_bound(p), cardinality_bound(p, 2), crowding_bound(p, experts, 2)]
+    assert max(others) < 16.0
+    assert lower_bound(p, 2, experts) == pytest.approx(16.0)
 
 
 def test_crowding_bound_sees_hot_experts_that_must_share_a_gpu():

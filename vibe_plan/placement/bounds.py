@@ -1,8 +1,9 @@
 """Lower bounds on one layer's makespan, for given items (replicas with their loads).
 
 Every GPU holds exactly S items; item costs differ by GPU (`p[i, g]`). The bounds are:
-work over speed, the largest single item, the cardinality bound and, where the items' experts are
-known, the crowding bound (no GPU holds two replicas of one expert).
+work over speed, the largest single item, the cardinality bound, the pairing bound (the costliest
+items outnumber the GPUs, so many GPUs hold two of them) and, where the items' experts are known,
+the crowding bound (no GPU holds two replicas of one expert).
 """
 
 from __future__ import annotations
@@ -93,9 +94,39 @@ def crowding_bound(p: np.ndarray, item_expert: np.ndarray, slots_per_gpu: int) -
     return best
 
 
+def pairing_bound(p: np.ndarray, slots_per_gpu: int) -> float:
+    """Of the R costliest items, no GPU holds more than S, so when R > G at least
+    m = ceil((R - G) / (S - 1)) GPUs hold two of them: m disjoint pairs, at best made of the 2m
+    cheapest of those R items, paired cheapest with costliest. Each such GPU holds S - 2 more
+    items. With two slots per GPU (EP256) it sees the many hot replicas that must share a GPU
+    with one another, where the crowding bound sees only the cheapest such pair."""
+    n, G = p.shape
+    S = slots_per_gpu
+    if S < 2 or n <= G:
+        return 0.0
+    cheap = np.sort(p.min(axis=1))
+    d = cheap[::-1]  # costliest first
+    R = np.arange(G + 1, n + 1)
+    m = -(-(R - G) // (S - 1))
+    R, m = R[2 * m <= R], m[2 * m <= R]
+    if not len(R):
+        return 0.0
+    i = np.arange(1, int(m.max()) + 1)[None, :]
+    # Pair i joins the i-th costliest and the i-th cheapest of the 2m: d[R-2m+i] + d[R+1-i].
+    costly = np.minimum(R[:, None] - 2 * m[:, None] + i - 1, n - 1)
+    cheapest = np.maximum(R[:, None] - i, 0)
+    pairs = np.where(i <= m[:, None], d[costly] + d[cheapest], -np.inf)
+    return float(pairs.max()) + float(cheap[: S - 2].sum())
+
+
 def lower_bound(p: np.ndarray, slots_per_gpu: int, item_expert: np.ndarray | None = None) -> float:
     """Best of the analytic bounds for items with costs p [items, G] (of experts `item_expert`)."""
-    best = max(work_bound(p), item_bound(p), cardinality_bound(p, slots_per_gpu))
+    best = max(
+        work_bound(p),
+        item_bound(p),
+        cardinality_bound(p, slots_per_gpu),
+        pairing_bound(p, slots_per_gpu),
+    )
     if item_expert is not None and len(item_expert):
         best = max(best, crowding_bound(p, np.asarray(item_expert), slots_per_gpu))
     return best
