@@ -309,3 +309,20 @@ def test_a_layer_too_large_for_the_lp_gets_the_configuration_bound_too(monkeypat
     assert plan.status == "bound+config"
     assert lower_bound(cost, 3, np.arange(6)) < plan.makespan_us * (1 - 2e-3)
     assert plan.makespan_us * (1 - LARGE_SLACK) <= plan.lower_bound_us <= plan.makespan_us
+
+
+def test_an_lp_that_runs_past_its_iteration_cap_gives_no_bound_and_no_hang(monkeypatch):
+    # GLOP once ran for minutes on a degenerate 10 x 5 layer; its simplex now stops at a count
+    # (not a clock, so plans stay reproducible) and the layer keeps its analytic bound.
+    from vibe_plan.placement import bounds
+
+    monkeypatch.setattr(bounds, "GLOP_ITERS_PER_ROW", 0)
+    monkeypatch.setattr(bounds, "GLOP_MIN_ITERS", 1)
+    curves = [TimeCurve.from_points([1, 100], [f, 100.0 * f]) for f in (1.0, 1.2)]
+    load = np.array([17.0, 13.0, 10.0, 6.0, 6.0, 1.0])
+    cost = expert_time(curves, load)
+    relaxed = bounds.lp_relaxation(cost, np.ones(6, dtype=np.int64), 3)
+    assert relaxed.bound == 0.0 and relaxed.prices is None
+    plan = plan_layer(load, curves, 3, CpSatSettings(time_limit=0.0))
+    assert plan.status == "bound"  # no LP, hence no LP-priced configuration bound either
+    assert 0 < plan.lower_bound_us <= plan.makespan_us

@@ -15,6 +15,11 @@ import numpy as np
 from vibe_plan.cost import TimeCurve, expert_time
 
 CROWD_MAX_K = 4  # the crowding bound tries 2..4 heavy experts forced onto one GPU
+# GLOP gets a deterministic iteration cap: our LPs take about 0.2 simplex iterations per variable
+# and row (2,855 at 256 x 64), but on one degenerate 10 x 5 instance GLOP ran for minutes. Past
+# the cap the LP simply gives no bound.
+GLOP_ITERS_PER_ROW = 4
+GLOP_MIN_ITERS = 1000
 
 
 def work_bound(p: np.ndarray) -> float:
@@ -195,13 +200,23 @@ def lp_relaxation(
                     ct.SetCoefficient(x[e][m], 1.0)
     solver.Objective().SetCoefficient(T, 1.0)
     solver.Objective().SetMinimization()
-    if solver.Solve() != pywraplp.Solver.OPTIMAL:
+    if solve_glop(solver) != pywraplp.Solver.OPTIMAL:
         return LpRelaxation(0.0)
     # GLOP's tolerances are ~1e-7 relative; shave that off so the bound stays valid.
     return LpRelaxation(
         float(T.solution_value()) * scale * (1 - 1e-6),
         np.array([ct.dual_value() for ct in counts]),
     )
+
+
+def solve_glop(solver) -> int:
+    """Solve a GLOP model within `GLOP_ITERS_PER_ROW` iterations per variable and row (a count,
+    not a clock, so runs stay reproducible); returns its status."""
+    size = solver.NumVariables() + solver.NumConstraints()
+    solver.SetSolverSpecificParametersAsString(
+        f"max_number_of_iterations: {GLOP_ITERS_PER_ROW * size + GLOP_MIN_ITERS}"
+    )
+    return solver.Solve()
 
 
 def own_bound(curves: list[TimeCurve], row: np.ndarray, load: np.ndarray, slots: int) -> float:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from vibe_plan.cost import TimeCurve
+from vibe_plan.placement.bounds import solve_glop
 
 Lines = tuple[np.ndarray, np.ndarray]  # intercepts c, slopes d of an envelope's segments
 
@@ -240,7 +241,7 @@ def global_lp_bound(
                 seg.SetCoefficient(f, -float(dj) * L / scale)
     solver.Objective().SetCoefficient(T, 1.0)
     solver.Objective().SetMinimization()
-    if solver.Solve() != pywraplp.Solver.OPTIMAL:
+    if solve_glop(solver) != pywraplp.Solver.OPTIMAL:
         return 0.0
     # GLOP's tolerances are ~1e-7 relative; shave that off so the bound stays valid.
     return max(0.0, float(T.solution_value()) * scale * (1 - 1e-6))

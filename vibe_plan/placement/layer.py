@@ -109,7 +109,7 @@ def start_layer(
     if makespan > bound * (1 + target_gap) and exact:
         lp = lp_relaxation(cost, logcnt, slots, node_of=node_of)
         bound, prices = max(bound, lp.bound), lp.prices
-        status = "lp"
+        status = "lp" if prices is not None else status  # None: GLOP stopped at its cap
     return LayerStart(
         load,
         curves,
