@@ -21,7 +21,6 @@ from vibe_plan.cost import curves_of, expert_time
 from vibe_plan.placement.bounds import lp_relaxation
 from vibe_plan.placement.config_bound import config_bound
 from vibe_plan.placement.groups import groups_to_nodes
-from vibe_plan.placement.solve import SolveOptions, solve_placement
 
 RESOLUTION = 20_000  # knapsack capacity in units of T/RESOLUTION: costs lose < S units in all
 
@@ -97,8 +96,7 @@ def main() -> None:
     inst = next(i for i in scale_bench.INSTANCES if i.name == "deepseek-v3 EP32+32")
     gpus, note = scale_bench.fleet(inst, "varied", args.seed)
     routing, _ = scale_bench.routing(inst, args.seed, 16)
-    plan, _ = routing.split(0.25)
-    res = solve_placement(gpus, plan, SolveOptions(redundant=inst.redundant))
+    plan, res, worst = scale_bench.worst_first(gpus, routing, inst.redundant)
     pr = res.placement.predicted
     gap = np.array(pr["makespan_us"]) / np.array(pr["lower_bound_us"]) - 1
     curves = curves_of(gpus)
@@ -107,7 +105,7 @@ def main() -> None:
     print(f"varied fleet {note}, seed {args.seed}")
     print("| layer | node | plan vs LP | vibe config bound vs LP | config-LP bound vs LP | s |")
     print("|---|---|---|---|---|---|")
-    for layer in np.argsort(-gap, kind="stable")[: args.layers]:
+    for layer in worst[: args.layers]:
         load = plan.mean_load()[layer]
         row = res.placement.phy2log[layer]
         spans, bounds = [], []

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+import scale_bench  # noqa: E402
 from solve_bench import INSTANCES  # noqa: E402
 
 from vibe_plan.cost import curves_of, expert_time
@@ -25,7 +26,6 @@ from vibe_plan.placement.bounds import lp_bound
 from vibe_plan.placement.cpsat import CpSatSettings, solve_layer
 from vibe_plan.placement.groups import groups_to_nodes
 from vibe_plan.placement.heuristic import replica_counts
-from vibe_plan.placement.solve import SolveOptions, solve_placement
 from vibe_plan.synthetic import synthetic_gpu_profile, synthetic_routing
 
 
@@ -38,8 +38,6 @@ def main() -> None:
     args = ap.parse_args()
     inst = next(i for i in INSTANCES if i.name == "deepseek-v3 EP32+32")
     if args.fleet == "varied":
-        import scale_bench
-
         big = next(i for i in scale_bench.INSTANCES if i.name == inst.name)
         gpus, _ = scale_bench.fleet(big, "varied", 0)
         routing, _ = scale_bench.routing(big, 0, 16)
@@ -55,16 +53,13 @@ def main() -> None:
             num_groups=inst.groups,
             first_moe_layer=inst.first_moe,
         )
-    plan, _ = routing.split(0.25)
-    res = solve_placement(gpus, plan, SolveOptions(redundant=inst.redundant))
-    pr = res.placement.predicted
-    gap = np.array(pr["makespan_us"]) / np.array(pr["lower_bound_us"]) - 1
+    plan, res, worst = scale_bench.worst_first(gpus, routing, inst.redundant)
     curves = curves_of(gpus)
     G, S, N, K = 8, res.problem.slots_per_gpu, res.problem.num_nodes, res.problem.num_groups
     size = inst.experts // K
     print("| layer | node | vibe plan vs LP | long CP-SAT plan vs LP | CP-SAT bound vs LP | s |")
     print("|---|---|---|---|---|---|")
-    for layer in np.argsort(-gap, kind="stable")[: args.layers]:
+    for layer in worst[: args.layers]:
         load = plan.mean_load()[layer]
         row = res.placement.phy2log[layer]
         for n, node in enumerate(groups_to_nodes(load, curves, K, N)):

@@ -17,7 +17,6 @@ from vibe_plan.cost import curves_of, expert_time
 from vibe_plan.placement.bounds import lower_bound, lp_relaxation
 from vibe_plan.placement.config_bound import LARGE_SLACK, config_bound
 from vibe_plan.placement.heuristic import items_of
-from vibe_plan.placement.solve import SolveOptions, solve_placement
 
 
 def main() -> None:
@@ -31,12 +30,10 @@ def main() -> None:
     for kind in args.fleets.split(","):
         gpus, note = scale_bench.fleet(inst, kind, 0)
         routing, _ = scale_bench.routing(inst, 0, 16)
-        plan, _ = routing.split(0.25)
-        res = solve_placement(gpus, plan, SolveOptions(redundant=inst.redundant))
+        plan, res, worst = scale_bench.worst_first(gpus, routing, inst.redundant)
         pr = res.placement.predicted
-        gap = np.array(pr["makespan_us"]) / np.array(pr["lower_bound_us"]) - 1
         curves, S = curves_of(gpus), res.problem.slots_per_gpu
-        for layer in np.argsort(-gap, kind="stable")[: args.layers]:
+        for layer in worst[: args.layers]:
             load = plan.mean_load()[layer]
             cnt = np.bincount(res.placement.phy2log[layer], minlength=len(load))
             cost = expert_time(curves, load / np.maximum(cnt, 1))

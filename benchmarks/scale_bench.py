@@ -73,6 +73,16 @@ def routing(inst: Instance, seed: int, batches: int):
     return prof, drift
 
 
+def worst_first(gpus, routing, redundant: int):
+    """For the probes: vibe's plan on the first 75% of batches, and its layers, worst certified
+    gap first. -> (planning profile, SolveResult, layer indices)."""
+    plan, _ = routing.split(0.25)
+    res = solve_placement(gpus, plan, SolveOptions(redundant=redundant))
+    pr = res.placement.predicted
+    gap = np.array(pr["makespan_us"]) / np.array(pr["lower_bound_us"]) - 1
+    return plan, res, np.argsort(-gap, kind="stable")
+
+
 def solve(gpus, plan, method: str, inst: Instance, args) -> tuple[object, float]:
     opts = SolveOptions(
         method=method, redundant=inst.redundant, time_limit=args.time_limit, jobs=args.jobs

@@ -28,12 +28,9 @@ _NONE = np.int32(-(1 << 30))  # "no S-set fits"
 _ROUND = 1e-6  # grid units; float error on a grid of at most ~10^5 units is ~10^-11
 
 
-def config_bound_fits(num_experts: int, num_gpus: int, slots: int) -> bool:
-    return num_experts * num_gpus * slots * slots <= CONFIG_MAX_WORK
-
-
-def large_config_bound_fits(num_experts: int, num_gpus: int, slots: int) -> bool:
-    return num_experts * num_gpus * slots * slots <= LARGE_MAX_WORK
+def config_work(cost: np.ndarray, slots: int) -> int:
+    """Experts x GPUs x S^2: what the knapsacks' work grows with, against the limits above."""
+    return cost.size * slots * slots
 
 
 def config_bound(
