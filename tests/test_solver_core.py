@@ -326,3 +326,16 @@ def test_an_lp_that_runs_past_its_iteration_cap_gives_no_bound_and_no_hang(monke
     plan = plan_layer(load, curves, 3, CpSatSettings(time_limit=0.0))
     assert plan.status == "bound"  # no LP, hence no LP-priced configuration bound either
     assert 0 < plan.lower_bound_us <= plan.makespan_us
+
+
+def test_a_long_budget_runs_cpsat_on_wide_gaps_too():
+    # The same layer: a 0.3% LP gap on three slots and unlike GPUs, where a 0.1 s CP-SAT run is
+    # skipped; from CPSAT_LONG_S a user's budget is spent on it, and CP-SAT proves the optimum.
+    curves = [TimeCurve.from_points([1, 100], [f, 100.0 * f]) for f in (1.0, 1.2)]
+    load = np.array([17.0, 13.0, 10.0, 6.0, 6.0, 1.0])
+    short = plan_layer(load, curves, 3, CpSatSettings())
+    long = plan_layer(load, curves, 3, CpSatSettings(time_limit=layer.CPSAT_LONG_S))
+    assert short.status == "lp+config"
+    assert long.status == "cpsat-optimal"
+    assert long.lower_bound_us == pytest.approx(long.makespan_us, rel=1e-5)
+    assert long.makespan_us == pytest.approx(short.makespan_us)

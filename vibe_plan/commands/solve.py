@@ -57,8 +57,9 @@ def solve(
         typer.Option(
             "--time-limit",
             help="CP-SAT budget per layer (per node of a layer under group locality) in "
-            "deterministic seconds, used only where the bounds do not yet certify the plan; "
-            "0 turns CP-SAT off.",
+            "deterministic seconds, used only where the bounds do not yet certify the plan "
+            "(below 1 s only where a short run can close the gap; from 1 s on every such "
+            "layer); 0 turns CP-SAT off.",
         ),
     ] = TIME_LIMIT_S,
     workers: Annotated[
