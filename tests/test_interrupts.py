@@ -30,8 +30,9 @@ INTERRUPTED = "error: interrupted; nothing was written"
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory) -> tuple[Path, Path]:
-    """DeepSeek-V3-shaped (256 experts in 8 groups, 58 MoE layers) on 16 GPUs: tens of seconds
-    to solve on a small machine, so a signal always lands mid-run."""
+    """DeepSeek-V3-shaped (256 experts in 8 groups, 58 MoE layers) on 16 GPUs: about 7 s to
+    solve on a 2-core machine with one job, so a signal sent 0.4 s into the layers lands mid-run
+    (and a stop that takes about that long means the interrupt was swallowed until the write)."""
     folder = tmp_path_factory.mktemp("big")
     gpus, routing = folder / "gpus.yaml", folder / "routing.npz"
     save_gpu_profile(synthetic_gpu_profile(ExpertShape(7168, 2048), 16, 0.1, seed=0), gpus)
