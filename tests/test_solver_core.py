@@ -339,3 +339,22 @@ def test_a_long_budget_runs_cpsat_on_wide_gaps_too():
     assert long.status == "cpsat-optimal"
     assert long.lower_bound_us == pytest.approx(long.makespan_us, rel=1e-5)
     assert long.makespan_us == pytest.approx(short.makespan_us)
+
+
+def test_a_long_budget_gives_the_same_plan_for_any_jobs():
+    # From CPSAT_LONG_S CP-SAT runs to its limit on wide gaps; its deterministic time, fixed seed
+    # and interleaved search keep the plan the same in one process or in a pool.
+    from vibe_plan.artifacts import ExpertShape
+    from vibe_plan.placement.solve import SolveOptions, solve_placement
+    from vibe_plan.synthetic import synthetic_gpu_profile, synthetic_routing
+
+    gpus = synthetic_gpu_profile(ExpertShape(2048, 768), 8, 0.1, seed=3)
+    routing = synthetic_routing(40, 3, 4, 4, 4096, seed=2)
+    runs = [
+        solve_placement(gpus, routing, SolveOptions(redundant=8, time_limit=1.0, jobs=jobs))
+        for jobs in (1, 2)
+    ]
+    assert any(s.startswith("cpsat-feasible") for s in runs[0].status)  # stopped by its budget
+    assert runs[0].status == runs[1].status
+    assert np.array_equal(runs[0].placement.phy2log, runs[1].placement.phy2log)
+    assert runs[0].placement.predicted == runs[1].placement.predicted
