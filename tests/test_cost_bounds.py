@@ -182,6 +182,15 @@ def test_work_bound_proportional_curves():
         assert work_bound(p) == pytest.approx(base.sum() / (1.0 / slow).sum(), rel=1e-9)
 
 
+def test_work_bound_with_an_item_free_on_some_gpu(recwarn):
+    # GPU 1 runs item 0 for free (its curve is 0 where GPU 0's is not): infinite speed against
+    # that reference, no warning, and the bound stays below the optimum.
+    p = np.array([[2.0, 0.0], [3.0, 4.0], [5.0, 6.0], [1.0, 1.5]])
+    bound = work_bound(p)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    assert np.isfinite(bound) and 0 <= bound <= brute_force_optimum(p, np.ones(4, np.int64), 2)
+
+
 def test_lp_bound_between_work_bound_and_heuristic():
     rng = np.random.default_rng(2)
     for _ in range(12):

@@ -33,7 +33,10 @@ def work_bound(p: np.ndarray) -> float:
         ok = w > 0
         if not ok.any():
             return 0.0
-        speed = (w[ok, None] / p[ok, :]).max(axis=0)  # p[i, g] >= w_i / speed_g for all i
+        # p[i, g] >= w_i / speed_g for all i; a GPU that runs some item for free (a curve at 0
+        # where the reference's is not) has infinite speed, and the bound from this reference is 0.
+        with np.errstate(divide="ignore"):
+            speed = (w[ok, None] / p[ok, :]).max(axis=0)
         best = max(best, float(w.sum() / speed.sum()))
     return best
 
