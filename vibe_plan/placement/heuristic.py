@@ -201,23 +201,31 @@ def local_search(
 
 
 def _best_single_swap(p, item_expert, item_gpu, finish, holds, dom, fixed):
+    mine, others, new_g, new_h, legal = single_swaps(
+        p, item_expert, item_gpu, finish, holds, dom, fixed
+    )
+    worse = np.where(legal, np.maximum(new_g, new_h), np.inf)
+    a, b = np.unravel_index(int(np.argmin(worse)), worse.shape)
+    if not worse[a, b] < finish.max() * (1 - 1e-9):
+        return None
+    return (mine[a],), (others[b],)
+
+
+def single_swaps(p, item_expert, item_gpu, finish, holds, dom, fixed):
+    """Every exchange of one item of the slowest GPU g for one item elsewhere: (mine, others,
+    new_g, new_h, legal), new_g[a, b] being g's time after giving mine[a] for others[b] and
+    new_h the partner's."""
     g = int(np.argmax(finish))
-    top = finish[g]
     mine = np.flatnonzero(item_gpu == g)
     others = np.flatnonzero(item_gpu != g)
     h = item_gpu[others]
-    # new_g[a, b]: g after giving item mine[a] for others[b]; new_h likewise.
-    new_g = top - p[mine, g][:, None] + p[others, g][None, :]
+    new_g = finish[g] - p[mine, g][:, None] + p[others, g][None, :]
     new_h = finish[h][None, :] - p[others, h][None, :] + p[mine][:, h]
     ea, eb = item_expert[mine][:, None], item_expert[others][None, :]
     dh = dom[h]
     legal = (ea != eb) & ((dh == dom[g])[None, :] | (~holds[dh[None, :], ea] & ~holds[dom[g]][eb]))
     legal &= ~fixed[mine][:, None] & ~fixed[others][None, :]
-    worse = np.where(legal, np.maximum(new_g, new_h), np.inf)
-    a, b = np.unravel_index(int(np.argmin(worse)), worse.shape)
-    if not worse[a, b] < top * (1 - 1e-9):
-        return None
-    return (mine[a],), (others[b],)
+    return mine, others, new_g, new_h, legal
 
 
 def _best_double_swap(p, item_expert, item_gpu, finish, holds, dom, fixed):
