@@ -93,6 +93,9 @@ def balance_by_least_work(
     return item_gpu
 
 
+ORIGINAL = layer.improve_layer
+
+
 def improve_from_least_work(start, *args, **kwargs):
     """`layer.improve_layer`, but from the better of vibe's start and the least-work one (after a
     full local search each), where no node rule applies."""
@@ -108,9 +111,6 @@ def improve_from_least_work(start, *args, **kwargs):
         best = int(np.argmin(spans))
         start = replace(start, item_gpu=(first, second)[best], makespan_us=spans[best])
     return ORIGINAL(start, *args, **kwargs)
-
-
-ORIGINAL = layer.improve_layer
 
 
 def layer_spans(gpus, prof, placement) -> np.ndarray:

@@ -455,7 +455,7 @@ def _plan_grouped(load, curves, prob: Problem, settings: CpSatSettings) -> Layer
     return LayerPlan(
         np.concatenate(rows),
         span,
-        max(bound, *(p.lower_bound_us for p in done)),
+        layer_bound,
         max(p.heuristic_us for p in done),
         status,
     )
